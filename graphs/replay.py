@@ -1,0 +1,103 @@
+"""Replay: a run's history from the checkpointer, as a timeline a human can read.
+
+History comes newest first from LangGraph; we turn it around. A checkpoint is
+written after each super-step, so the node that produced checkpoint i is what
+checkpoint i-1 said would run next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from reprodesk.schemas import RunState, UserError
+
+
+class Step(BaseModel):
+    step: int
+    ran: list[str]
+    next: list[str]
+    checkpoint_id: str
+    created_at: str
+    summary: str
+
+
+def _config(run_id: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": run_id}}
+
+
+def describe(ran: list[str], values: dict[str, Any]) -> str:
+    """One line on what the nodes in `ran` did, read from the state after them."""
+    state = RunState.model_validate(values) if values.get("paper") is not None else None
+    if state is None:
+        return "input"
+    parts: list[str] = []
+    for node in ran:
+        if node == "reader" and state.digest:
+            mechs = ", ".join(m.name for m in state.digest.mechanisms) or "none known"
+            parts.append(
+                f"mechanisms: {mechs}; {len(state.digest.hyperparameters)} hyperparameters, "
+                f"{len(state.digest.claims)} claims"
+            )
+        elif node.endswith("_gate"):
+            d = state.last_decision(node.removesuffix("_gate"))
+            parts.append(
+                f"{'approved' if d.approved else 'rejected'} by {d.by}" if d else "waiting"
+            )
+        elif node == "reproducer" and state.reproduction:
+            r = state.reproduction
+            parts.append(f"{r.script} attempt {r.attempt}: {' '.join(r.job.argv[2:8])} ...")
+        elif node == "execute" and state.main:
+            res = state.main.result
+            reuse = " (from ledger)" if state.main.reused else ""
+            parts.append(f"{res.status} in {res.duration_s:.2f}s{reuse}: {res.message}".strip())
+        elif node == "profiler":
+            parts.append(
+                ", ".join(f"{p.label}: {p.result.status}" for p in state.profile) or "no jobs"
+            )
+        elif node == "writer" and state.draft:
+            parts.append(
+                f"draft round {state.draft.round}: {len(state.draft.evidence)} numbers, "
+                f"{len(state.draft.findings)} findings"
+            )
+        elif node == "finance_critic" and state.critique:
+            c = state.critique
+            parts.append("approved" if c.approved else f"{len(c.issues)} issues: {c.issues}")
+        elif node == "publish" and state.outcome:
+            parts.append(state.outcome.message)
+    if state.outcome and not parts:
+        parts.append(f"{state.outcome.status}: {state.outcome.message}")
+    return "; ".join(parts)
+
+
+def timeline(graph: Any, run_id: str) -> list[Step]:
+    history = list(graph.get_state_history(_config(run_id)))
+    if not history:
+        raise UserError(
+            f"unknown run id '{run_id}': no such run in this home (see `reprodesk runs`)"
+        )
+    history.reverse()
+    steps: list[Step] = []
+    previous_next: list[str] = []
+    for snap in history:
+        ran = list(previous_next)
+        steps.append(
+            Step(
+                step=int(snap.metadata.get("step", len(steps) - 1)) if snap.metadata else 0,
+                ran=ran,
+                next=list(snap.next),
+                checkpoint_id=str(snap.config["configurable"]["checkpoint_id"]),
+                created_at=str(snap.created_at or ""),
+                summary=describe(ran, dict(snap.values)),
+            )
+        )
+        previous_next = list(snap.next)
+    return steps
+
+
+def state_at(graph: Any, run_id: str, step: int) -> dict[str, Any]:
+    for snap in graph.get_state_history(_config(run_id)):
+        if snap.metadata and int(snap.metadata.get("step", -99)) == step:
+            return dict(snap.values)
+    raise UserError(f"run '{run_id}' has no step {step} (see `reprodesk replay {run_id}`)")

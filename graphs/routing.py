@@ -1,0 +1,53 @@
+"""Routers: pure functions of the state, tested without any model or sandbox."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from reprodesk.schemas import RunState
+
+# langgraph.graph.END, spelled as a literal so that the return types say where a run can go.
+END: Literal["__end__"] = "__end__"
+
+
+def _approved(state: RunState, gate: str) -> bool:
+    decision = state.last_decision(gate)
+    return decision is not None and decision.approved
+
+
+def after_reader(state: RunState) -> Literal["plan_gate", "__end__"]:
+    return "plan_gate" if state.target is not None and state.outcome is None else END
+
+
+def after_plan_gate(state: RunState) -> Literal["reproducer", "__end__"]:
+    return "reproducer" if _approved(state, "plan") else END
+
+
+def after_reproducer(state: RunState) -> Literal["code_gate", "__end__"]:
+    return END if state.outcome is not None else "code_gate"
+
+
+def after_code_gate(state: RunState) -> Literal["execute", "__end__"]:
+    return "execute" if _approved(state, "code") else END
+
+
+def after_execute(state: RunState) -> Literal["profiler", "reproducer", "__end__"]:
+    """ok -> profile; a failure goes back to the Reproducer until the bound is hit."""
+    if state.main is not None and state.main.result.status == "ok":
+        return "profiler"
+    if state.outcome is not None or state.attempts >= state.policy.max_repair_attempts:
+        return END
+    return "reproducer"
+
+
+def after_critic(state: RunState) -> Literal["publish_gate", "writer"]:
+    """Approved drafts go to the human; rejected ones go back, a bounded number of times."""
+    if state.critique is not None and state.critique.approved:
+        return "publish_gate"
+    if state.critic_rounds >= state.policy.max_critic_rounds:
+        return "publish_gate"  # the human sees the open points in the draft
+    return "writer"
+
+
+def after_publish_gate(state: RunState) -> Literal["publish", "__end__"]:
+    return "publish" if _approved(state, "publish") else END

@@ -1,0 +1,584 @@
+"""Multi-head Latent Attention (DeepSeek-V2) against MHA, GQA and MQA: KV cache and decode speed.
+
+For each variant we build a stack of attention layers (attention plus residual, no MLP),
+prefill a prompt of seeded random embeddings, then decode one token at a time against a
+KV cache. The cache size is read from the tensors the layers hold; decode latency is timed
+per step. MLA runs in two forms that must agree: naive (per-head keys and values rebuilt
+from the cached latent at every step) and absorbed (W_UK folded into the query, W_UV into
+the output, attention computed directly against the latent), which is the form we time.
+
+Not covered: training, model quality, serving systems (paged caches, continuous batching,
+fused kernels). Latencies are eager PyTorch on this machine and do not transfer.
+
+    python recipes/mla.py                  # a few seconds on 2 CPU cores
+    python recipes/mla.py --preset 4070    # a 12 GB GPU, DeepSeek-V2 head sizes
+
+Imports only torch and the standard library: it runs in a sandbox without the project.
+The last stdout line is one JSON object with every metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from torch import Tensor, nn
+
+VARIANTS = ("mha", "gqa", "mqa", "mla")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PREFILL_CHUNK = 256  # prefill in chunks so scores are (chunk, S), not (S, S), at long context
+ROPE_BASE = 10000.0
+
+# The paper's claims this run checks: id -> (claim, metric, unit, relative tolerance).
+# Reproduced when |measured - paper| <= tolerance * max(1, |paper|); with paper value 0
+# (the absorbed-vs-naive check) the tolerance is therefore absolute.
+# fmt: off
+CLAIMS = {
+    "mla_cache_formula": ("MLA caches (d_c + d_h^R) * l elements per token",
+                          "variants.mla.cache_elems_per_token", "elements", 0.0),
+    "mla_gqa_equivalent_groups": ("MLA's cache equals GQA with (d_c + d_h^R) / (2 d_h) groups, "
+                                  "2.25 at the paper's d_c = 4 d_h, d_h^R = d_h / 2",
+                                  "variants.mla.cache_elems_per_token_per_layer / (2 * d_head)",
+                                  "groups", 1e-9),
+    "mla_vs_mha_cache_ratio": ("MLA caches (d_c + d_h^R) / (2 n_h d_h) of what MHA caches",
+                               "variants.mla.cache_elems_per_token / "
+                               "variants.mha.cache_elems_per_token", "ratio", 1e-9),
+    "mla_absorbed_equals_naive": ("Absorbing W_UK into the query and W_UV into the output "
+                                  "changes no output (checked in float32)",
+                                  "absorbed_max_abs_diff", "abs diff", 1e-3),
+}
+# fmt: on
+
+
+@dataclass
+class Config:
+    n_heads: int = 32
+    d_head: int = 8
+    d_c: int = 32  # KV latent width; the CLI derives 4 * d_head (the paper's ratio)
+    d_rope: int = 4  # decoupled RoPE key width; the CLI derives d_head // 2 (the paper's)
+    n_layers: int = 2
+    gqa_groups: int = 8  # K/V heads for GQA; the CLI derives max(1, n_heads // 4)
+    batch: int = 1
+    prompt_len: int = 64
+    steps: int = 32  # decode steps per repeat, the first `warmup` of them untimed
+    warmup: int = 4
+    repeats: int = 3
+    seq_lens: tuple[int, ...] = ()  # context lengths for the latency grid
+    grid_steps: int = 8  # timed decode steps per grid cell
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int = 1  # CPU intra-op threads; 0 = torch's default
+    preset: str = "none"
+    seed: int = 0
+
+
+# Explicit flags override a preset; a preset overrides the defaults.
+# fmt: off
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "cpu": {"seq_lens": (64, 128, 256)},  # defaults are already CPU-sized; adds the grid
+    # DeepSeek-V2 head geometry (d_h 128, d_c 512, d_h^R 64) with 32 heads and 4 layers;
+    # estimate_bytes() puts the peak at about 5 GiB, counted generously: a 12 GB card.
+    "4070": dict(n_heads=32, d_head=128, d_c=512, d_rope=64, n_layers=4, gqa_groups=8,
+                 batch=4, prompt_len=1024, steps=128, warmup=8, repeats=3,
+                 seq_lens=(256, 512, 1024, 2048), dtype="bfloat16", device="cuda"),
+}
+# fmt: on
+
+
+# ---------------------------------------------------------------- model
+
+
+def rope_tables(dim: int, max_len: int, device: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    inv_freq = ROPE_BASE ** -(torch.arange(0, dim, 2, device=device).float() / dim)  # (dim/2,)
+    angles = torch.outer(torch.arange(max_len, device=device).float(), inv_freq)  # (L, dim/2)
+    emb = torch.cat([angles, angles], dim=-1)  # (L, dim): rotate-half pairs i with i + dim/2
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x (..., T, dim), cos/sin (T, dim): the standard rotate-half formulation.
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def causal_softmax(scores: Tensor, start: int) -> Tensor:
+    # scores (..., T, S), query i sits at position start + i and sees keys 0..start+i.
+    T, S = scores.shape[-2:]
+    if T > 1:
+        q_pos = torch.arange(start, start + T, device=scores.device)[:, None]
+        mask = torch.arange(S, device=scores.device)[None, :] > q_pos  # (T, S)
+        scores = scores.masked_fill(mask, float("-inf"))
+    return scores.float().softmax(dim=-1).to(scores.dtype)  # fp32 softmax: bf16 safe
+
+
+class KVAttention(nn.Module):
+    """MHA (n_kv = n_heads), GQA (n_kv groups) and MQA (n_kv = 1): caches K and V."""
+
+    def __init__(self, cfg: Config, n_kv: int):
+        super().__init__()
+        d = cfg.n_heads * cfg.d_head
+        self.h, self.g, self.dh = cfg.n_heads, n_kv, cfg.d_head
+        self.wq = nn.Linear(d, d, bias=False)
+        self.wk = nn.Linear(d, n_kv * cfg.d_head, bias=False)
+        self.wv = nn.Linear(d, n_kv * cfg.d_head, bias=False)
+        self.wo = nn.Linear(d, d, bias=False)
+
+    def new_cache(self, batch: int, max_len: int) -> dict[str, Tensor]:
+        w = self.wk.weight  # cache lives with the weights: same device and dtype
+        shape = (batch, self.g, max_len, self.dh)
+        return {"k": w.new_zeros(shape), "v": w.new_zeros(shape)}
+
+    def forward(self, x: Tensor, cache: dict[str, Tensor], start: int, cos: Tensor, sin: Tensor):
+        B, T, _ = x.shape
+        H, G, dh = self.h, self.g, self.dh
+        q = apply_rope(self.wq(x).view(B, T, H, dh).transpose(1, 2), cos, sin)  # (B, H, T, dh)
+        k = apply_rope(self.wk(x).view(B, T, G, dh).transpose(1, 2), cos, sin)  # (B, G, T, dh)
+        cache["k"][:, :, start : start + T] = k
+        cache["v"][:, :, start : start + T] = self.wv(x).view(B, T, G, dh).transpose(1, 2)
+        K = cache["k"][:, :, : start + T].unsqueeze(2)  # (B, G, 1, S, dh), a view
+        V = cache["v"][:, :, : start + T].unsqueeze(2)  # (B, G, 1, S, dh)
+        # Query heads g*H/G .. (g+1)*H/G - 1 share K/V head g: broadcast, don't repeat K/V.
+        qg = q.view(B, G, H // G, T, dh)  # (B, G, H/G, T, dh)
+        p = causal_softmax(qg @ K.transpose(-1, -2) / math.sqrt(dh), start)  # (B,G,H/G,T,S)
+        o = (p @ V).view(B, H, T, dh)
+        return self.wo(o.transpose(1, 2).reshape(B, T, H * dh))  # (B, T, d)
+
+
+class MLAttention(nn.Module):
+    """DeepSeek-V2 MLA: caches only the KV latent c_kv (d_c) and a shared RoPE key (d_rope)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        d = cfg.n_heads * cfg.d_head
+        self.h, self.dh, self.dc, self.dr = cfg.n_heads, cfg.d_head, cfg.d_c, cfg.d_rope
+        self.scale = 1.0 / math.sqrt(cfg.d_head + cfg.d_rope)  # q.k spans d_head + d_rope
+        self.absorbed = False
+        # No query compression (d_c'): it changes neither the cache nor the absorption.
+        self.wq = nn.Linear(d, d, bias=False)  # per-head no-RoPE query
+        self.wqr = nn.Linear(d, cfg.n_heads * cfg.d_rope, bias=False)  # per-head RoPE query
+        self.w_dkv = nn.Linear(d, cfg.d_c, bias=False)  # h -> c_kv
+        self.w_kr = nn.Linear(d, cfg.d_rope, bias=False)  # h -> shared RoPE key
+        self.w_uk = nn.Linear(cfg.d_c, d, bias=False)  # c_kv -> per-head keys
+        self.w_uv = nn.Linear(cfg.d_c, d, bias=False)  # c_kv -> per-head values
+        self.wo = nn.Linear(d, d, bias=False)
+
+    def new_cache(self, batch: int, max_len: int) -> dict[str, Tensor]:
+        w = self.w_dkv.weight
+        return {
+            "c_kv": w.new_zeros(batch, max_len, self.dc),
+            "k_rope": w.new_zeros(batch, max_len, self.dr),
+        }
+
+    def forward(self, x: Tensor, cache: dict[str, Tensor], start: int, cos: Tensor, sin: Tensor):
+        B, T, _ = x.shape
+        H, dh, dc, dr = self.h, self.dh, self.dc, self.dr
+        q = self.wq(x).view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dh)
+        q_rope = apply_rope(self.wqr(x).view(B, T, H, dr).transpose(1, 2), cos, sin)  # (B,H,T,dr)
+        # RoPE cannot sit on keys rebuilt from c_kv: a position-dependent rotation between
+        # W_UK and the query would stop W_UK being folded into the query. Hence the
+        # separate rotary key, computed from h and shared by all heads.
+        cache["c_kv"][:, start : start + T] = self.w_dkv(x)  # (B, T, dc)
+        cache["k_rope"][:, start : start + T] = apply_rope(self.w_kr(x), cos, sin)  # (B, T, dr)
+        c = cache["c_kv"][:, : start + T].unsqueeze(1)  # (B, 1, S, dc)
+        k_rope = cache["k_rope"][:, : start + T].unsqueeze(1)  # (B, 1, S, dr)
+        rope_scores = q_rope @ k_rope.transpose(-1, -2)  # (B, H, T, S)
+        if self.absorbed:
+            # q_h.(W_UK_h c) = (W_UK_h^T q_h).c: move W_UK onto the query, score the latent.
+            q_lat = torch.einsum("bhtd,hdc->bhtc", q, self.w_uk.weight.view(H, dh, dc))
+            scores = (q_lat @ c.transpose(-1, -2) + rope_scores) * self.scale  # (B, H, T, S)
+            o_lat = causal_softmax(scores, start) @ c  # (B, H, T, dc): values stay latent
+            # sum_s p_s W_UV_h c_s = W_UV_h (sum_s p_s c_s): W_UV moves after attention, next
+            # to W_O. Applied per head rather than pre-multiplied into W_O, which would be
+            # H*d_c wide, larger than the two steps when d_c > d_head.
+            o = torch.einsum("bhtc,hdc->bhtd", o_lat, self.w_uv.weight.view(H, dh, dc))
+        else:
+            S = start + T  # naive: rebuild every head's keys and values at every step
+            k = self.w_uk(c.squeeze(1)).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
+            v = self.w_uv(c.squeeze(1)).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
+            scores = (q @ k.transpose(-1, -2) + rope_scores) * self.scale  # (B, H, T, S)
+            o = causal_softmax(scores, start) @ v  # (B, H, T, dh)
+        return self.wo(o.transpose(1, 2).reshape(B, T, H * dh))  # (B, T, d)
+
+
+class Stack(nn.Module):
+    def __init__(self, cfg: Config, variant: str):
+        super().__init__()
+        n_kv = {"mha": cfg.n_heads, "gqa": cfg.gqa_groups, "mqa": 1}
+        self.layers = nn.ModuleList(
+            MLAttention(cfg) if variant == "mla" else KVAttention(cfg, n_kv[variant])
+            for _ in range(cfg.n_layers)
+        )
+        self.rope_dim = cfg.d_rope if variant == "mla" else cfg.d_head
+        for m in self.modules():  # unit-variance outputs, so softmax is far from uniform
+            if isinstance(m, nn.Linear) and not m.weight.is_meta:  # meta: only counted
+                nn.init.normal_(m.weight, std=m.in_features**-0.5)
+
+    def new_caches(self, batch: int, max_len: int) -> list[dict[str, Tensor]]:
+        return [layer.new_cache(batch, max_len) for layer in self.attn()]
+
+    def attn(self) -> list[KVAttention | MLAttention]:
+        return list(self.layers)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor, caches: list[dict[str, Tensor]], start: int, cos, sin):
+        for layer, cache in zip(self.layers, caches, strict=True):
+            x = x + layer(x, cache, start, cos, sin)  # attention + residual, no MLP
+        return x
+
+
+# ---------------------------------------------------------------- measurement
+
+
+def decode(model: Stack, prompt: Tensor, tokens: Tensor, sync: bool):
+    """Prefill `prompt` (B, P, d), then decode `tokens` (B, N, d) one per step."""
+    B, P, _ = prompt.shape
+    max_len = P + tokens.shape[1]
+    w = next(model.parameters())
+    caches = model.new_caches(B, max_len)  # static: sized to every token, filled in place
+    cos, sin = rope_tables(model.rope_dim, max_len, str(w.device), w.dtype)
+
+    def step(x: Tensor, pos: int) -> Tensor:  # x (B, T, d) at positions pos .. pos+T-1
+        T = x.shape[1]
+        return model(x, caches, pos, cos[pos : pos + T], sin[pos : pos + T])
+
+    outs = [step(prompt[:, s : s + PREFILL_CHUNK], s) for s in range(0, P, PREFILL_CHUNK)]
+    step_ms = []
+    for i in range(tokens.shape[1]):
+        if sync:  # cuda runs async: the timer must wait for the kernels
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        outs.append(step(tokens[:, i : i + 1], P + i))
+        if sync:
+            torch.cuda.synchronize()
+        step_ms.append(1e3 * (time.perf_counter() - t0))
+    return torch.cat(outs, dim=1), caches, step_ms  # (B, P+N, d)
+
+
+def cache_per_token(caches: list[dict[str, Tensor]], n_seq_tokens: int) -> dict[str, Any]:
+    """Elements and bytes of every cache tensor held, per token (n_seq_tokens = B * T)."""
+    by_layer = []
+    for cache in caches:
+        n = sum(t.numel() for t in cache.values())
+        assert n % n_seq_tokens == 0, "the static cache is sized to exactly the tokens seen"
+        by_layer.append(n // n_seq_tokens)
+    n_bytes = sum(t.numel() * t.element_size() for c in caches for t in c.values())
+    return {
+        "cache_elems_per_token": sum(by_layer),
+        "cache_elems_per_token_per_layer": sum(by_layer) / len(by_layer),
+        "cache_elems_per_token_by_layer": by_layer,
+        "cache_bytes_per_token": n_bytes // n_seq_tokens,
+    }
+
+
+def timing(ms: list[float]) -> dict[str, float]:
+    return {
+        "decode_ms_mean": statistics.fmean(ms),
+        "decode_ms_std": statistics.stdev(ms) if len(ms) > 1 else 0.0,
+        "decode_ms_median": statistics.median(ms),
+    }
+
+
+def randn(cfg: Config, n_tokens: int, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)  # CPU generator: same inputs on any device
+    d = cfg.n_heads * cfg.d_head
+    return torch.randn(cfg.batch, n_tokens, d, generator=g).to(cfg.device)  # (B, T, d) fp32
+
+
+def absorbed_vs_naive(model: Stack, prompt: Tensor, tokens: Tensor) -> tuple[float, float]:
+    """Max abs and relative difference between the two MLA forms, in float32."""
+    outs = []
+    for absorbed in (False, True):
+        for layer in model.attn():
+            if isinstance(layer, MLAttention):
+                layer.absorbed = absorbed
+        outs.append(decode(model, prompt, tokens, sync=False)[0])
+    diff = (outs[0] - outs[1]).abs().max().item()
+    return diff, diff / outs[0].abs().max().item()
+
+
+def estimate_bytes(cfg: Config) -> int:
+    """Rough peak memory of a run, checked against free GPU memory before any compute."""
+    el = DTYPES[cfg.dtype].itemsize
+    d, B = cfg.n_heads * cfg.d_head, cfg.batch
+    with torch.device("meta"):  # parameter counts from the real modules, no allocation
+        params = {v: sum(p.numel() for p in Stack(cfg, v).parameters()) for v in VARIANTS}
+    max_len = max([cfg.prompt_len + cfg.steps] + [s + cfg.grid_steps for s in cfg.seq_lens])
+    chunk = min(PREFILL_CHUNK, max_len)
+    weights = sum(params.values()) * el + params["mla"] * 4  # + the fp32 check copy
+    cache = 2 * cfg.n_layers * B * max_len * 2 * d * el  # MHA's cache, held twice at worst
+    scores = 4 * B * cfg.n_heads * chunk * max_len * 4  # scores, mask, fp32 softmax, probs
+    naive_kv = 3 * B * max_len * d * 4  # naive MLA's rebuilt K and V (fp32 check)
+    return weights + cache + scores + naive_kv + 4 * B * max_len * d * 4
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    err = config_error(cfg)
+    if err:
+        raise ValueError(err)
+    t_start = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        # Decode steps this small are latency-bound: extra intra-op threads only add
+        # synchronisation, and on a busy machine one descheduled thread stalls every op.
+        torch.set_num_threads(cfg.threads)
+    try:
+        return measure(cfg, t_start)
+    finally:
+        torch.set_num_threads(threads_before)  # run() is also called in-process by tests
+
+
+def measure(cfg: Config, t_start: float) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    cuda = cfg.device == "cuda"
+    if cuda:
+        torch.set_float32_matmul_precision("highest")  # no TF32 in the equivalence check
+        torch.cuda.reset_peak_memory_stats()
+    dtype = DTYPES[cfg.dtype]
+    H, dh, dc, dr, L = cfg.n_heads, cfg.d_head, cfg.d_c, cfg.d_rope, cfg.n_layers
+    prompt, tokens = randn(cfg, cfg.prompt_len, cfg.seed), randn(cfg, cfg.steps, cfg.seed + 1)
+    n_tokens = cfg.prompt_len + cfg.steps
+
+    with torch.device(cfg.device):  # seeded init, built in fp32, in a fixed order
+        models = {v: Stack(cfg, v).eval() for v in VARIANTS}
+    with torch.inference_mode():
+        diff, rel = absorbed_vs_naive(models["mla"], prompt, tokens)  # fp32, before the cast
+        models = {v: m.to(dtype) for v, m in models.items()}
+        prompt, tokens = prompt.to(dtype), tokens.to(dtype)
+
+        # Interleave variants within each repeat so drift (clocks, caches) hits all alike.
+        ms: dict[str, list[float]] = {v: [] for v in (*VARIANTS, "mla_naive")}
+        caches: dict[str, list[dict[str, Tensor]]] = {}
+        for _ in range(cfg.repeats):
+            for v in (*VARIANTS, "mla_naive"):
+                model = models["mla" if v == "mla_naive" else v]
+                for layer in model.attn():
+                    if isinstance(layer, MLAttention):
+                        layer.absorbed = v == "mla"  # absorbed is the inference form
+                _, caches[v], step_ms = decode(model, prompt, tokens, sync=cuda)
+                ms[v] += step_ms[cfg.warmup :]
+
+        variants: dict[str, dict] = {}
+        for v in VARIANTS:
+            variants[v] = {**cache_per_token(caches[v], cfg.batch * n_tokens), **timing(ms[v])}
+        variants["gqa"]["groups"] = cfg.gqa_groups
+        variants["mla"]["decode_form"] = "absorbed"
+        variants["mla"]["naive_decode_ms_mean"] = statistics.fmean(ms["mla_naive"])
+
+        grid = []
+        for S in cfg.seq_lens:
+            ctx = randn(cfg, S, cfg.seed + 2 + S).to(dtype)  # (B, S, d) context to prefill
+            new = randn(cfg, cfg.warmup + cfg.grid_steps, cfg.seed + 1).to(dtype)
+            for v in VARIANTS:
+                step_ms = decode(models[v], ctx, new, sync=cuda)[2]
+                t = timing(step_ms[cfg.warmup :])  # decode_ms_mean, _std, _median
+                grid.append({"variant": v, "seq_len": S, **t})
+
+    mla, mha = variants["mla"], variants["mha"]
+    if dc == 4 * dh and 2 * dr == dh:  # the paper's setting
+        groups, groups_text = 2.25, ""
+    else:
+        groups = (dc + dr) / (2 * dh)
+        groups_text = (
+            "MLA's cache equals GQA with (d_c + d_h^R) / (2 d_h) groups; not the paper's "
+            f"setting here (d_c={dc}, d_h^R={dr}, d_h={dh}), so not 2.25"
+        )
+    per_layer = mla["cache_elems_per_token_per_layer"]
+    claims = [
+        claim("mla_cache_formula", (dc + dr) * L, mla["cache_elems_per_token"]),
+        claim("mla_gqa_equivalent_groups", groups, per_layer / (2 * dh), groups_text),
+        claim(
+            "mla_vs_mha_cache_ratio",
+            (dc + dr) / (2 * H * dh),
+            mla["cache_elems_per_token"] / mha["cache_elems_per_token"],
+        ),
+        claim("mla_absorbed_equals_naive", 0.0, diff),
+    ]
+    dev = torch.device(cfg.device)
+    return {
+        "recipe": "mla",
+        "config": {**asdict(cfg), "seq_lens": list(cfg.seq_lens)},
+        "env": {
+            "torch": torch.__version__,
+            "device": str(dev),
+            "gpu_name": torch.cuda.get_device_name(dev) if cuda else None,
+            "threads": torch.get_num_threads(),
+        },
+        "variants": variants,
+        "absorbed_max_abs_diff": diff,
+        "absorbed_max_rel_diff": rel,
+        "claims": claims,
+        "grid": grid,
+        "mem": {
+            "estimated_gb": estimate_bytes(cfg) / 2**30,
+            "cuda_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        },
+        "wall_s": time.perf_counter() - t_start,
+    }
+
+
+def claim(id_: str, paper: float, measured: float, text: str = "") -> dict[str, Any]:
+    default_text, metric, unit, tol = CLAIMS[id_]
+    ok = abs(measured - paper) <= tol * max(1.0, abs(paper))
+    return {
+        "id": id_,
+        "claim": text or default_text,
+        "metric": metric,
+        "paper_value": paper,
+        "measured_value": measured,
+        "unit": unit,
+        "tolerance": tol,
+        "verdict": "reproduced" if ok else "not reproduced",
+    }
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def config_error(cfg: Config) -> str | None:
+    """One line naming the option and the reason, or None. Runs before any compute."""
+    sizes = "n_heads d_head d_c d_rope n_layers gqa_groups batch prompt_len steps repeats"
+    for name in (*sizes.split(), "grid_steps"):
+        if getattr(cfg, name) <= 0:
+            return f"--{name.replace('_', '-')}: must be positive, got {getattr(cfg, name)}"
+    d = cfg.n_heads * cfg.d_head
+    if cfg.warmup < 0 or cfg.threads < 0:
+        name = "warmup" if cfg.warmup < 0 else "threads"
+        return f"--{name}: must be >= 0, got {getattr(cfg, name)}"
+    if cfg.steps <= cfg.warmup:
+        return f"--steps: {cfg.steps} leaves no timed step after --warmup {cfg.warmup}"
+    if any(s <= 0 for s in cfg.seq_lens):
+        return f"--seq-lens: context lengths must be positive, got {list(cfg.seq_lens)}"
+    if cfg.d_c > d:
+        return f"--d-c: {cfg.d_c} exceeds n_heads*d_head = {d}; the latent must compress"
+    if cfg.d_head % 2:
+        return f"--d-head: {cfg.d_head} is odd; MHA/GQA/MQA apply RoPE over d_head"
+    if cfg.d_rope % 2:
+        return f"--d-rope: {cfg.d_rope} is odd; RoPE rotates pairs of dimensions"
+    if cfg.n_heads % cfg.gqa_groups:
+        return f"--gqa-groups: {cfg.gqa_groups} does not divide n_heads = {cfg.n_heads}"
+    if cfg.dtype not in DTYPES or cfg.device not in ("cpu", "cuda"):
+        return f"--dtype/--device: unknown {cfg.dtype!r}/{cfg.device!r}"
+    if cfg.device == "cuda":
+        via = "" if cfg.preset == "none" else f" (preset {cfg.preset})"
+        if not torch.cuda.is_available():
+            return f"--device: cuda requested{via} but torch.cuda.is_available() is False"
+        need, free = estimate_bytes(cfg), torch.cuda.mem_get_info()[0]
+        if need > free:
+            return (
+                f"--device: cuda{via}: estimated {need / 2**30:.1f} GiB exceeds "
+                f"{free / 2**30:.1f} GiB free on the GPU"
+            )
+    return None
+
+
+def fail(message: str) -> NoReturn:
+    print(f"mla.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        fail(message)
+
+
+def seq_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
+    big = Config(**PRESETS["4070"])
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--n-heads", type=int, help="attention heads n_h (default 32)")
+    add("--d-head", type=int, help="per-head dimension d_h; d_model = n_heads*d_head (default 8)")
+    add("--d-c", type=int, help="MLA KV latent width d_c (default 4*d_head, the paper's ratio)")
+    add("--d-rope", type=int, help="MLA decoupled RoPE key width d_h^R, even (default d_head//2)")
+    add("--n-layers", type=int, help="attention layers, each with its own cache (default 2)")
+    add("--gqa-groups", type=int, help="GQA K/V heads, divides n_heads (default n_heads//4, >=1)")
+    add("--batch", type=int, help="sequences decoded together (default 1)")
+    add("--prompt-len", type=int, help="tokens prefilled before decoding (default 64)")
+    add("--steps", type=int, help="decode steps per repeat, warmup included (default 32)")
+    add("--warmup", type=int, help="first decode steps left out of the timings (default 4)")
+    add("--repeats", type=int, help="times the whole decode is repeated (default 3)")
+    add(
+        "--seq-lens",
+        type=seq_list,
+        help="comma list of context lengths for a latency grid, e.g. 64,128,256 (default: none)",
+    )
+    add("--grid-steps", type=int, help="timed decode steps per grid cell (default 8)")
+    add("--dtype", choices=list(DTYPES), help="weights and cache dtype (default float32)")
+    add("--device", choices=["cpu", "cuda", "auto"], help="auto = cuda if available (default cpu)")
+    add(
+        "--preset",
+        choices=list(PRESETS),
+        help="none; cpu = defaults plus seq-lens 64,128,256; "
+        f"4070 = 12 GB GPU: n_h 32, d_h 128, d_c 512, d_h^R 64, 4 layers, batch 4, prompt 1024, "
+        f"128 steps, seq-lens 256..2048, bfloat16, cuda; estimated peak "
+        f"{estimate_bytes(big) / 2**30:.1f} GiB. Explicit flags override a preset",
+    )
+    add(
+        "--threads",
+        type=int,
+        help="CPU intra-op threads, 0 = torch's default (default 1: "
+        "steps this small are latency-bound, more threads only add sync overhead and noise)",
+    )
+    add("--seed", type=int, help="seed for weights and inputs (default 0)")
+    add("--out", type=Path, help="also write metrics.json into this directory")
+    args = vars(p.parse_args(argv))
+    out = args.pop("out")
+
+    values: dict[str, Any] = dict(PRESETS[args["preset"] or "none"])
+    values.update({k: v for k, v in args.items() if v is not None})
+    d_head, n_heads = values.get("d_head", Config.d_head), values.get("n_heads", Config.n_heads)
+    assert isinstance(d_head, int) and isinstance(n_heads, int)
+    values.setdefault("d_c", 4 * d_head)  # derived when neither a flag nor the preset set it
+    values.setdefault("d_rope", d_head // 2)
+    values.setdefault("gqa_groups", max(1, n_heads // 4))
+    if values.get("device") == "auto":
+        values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = Config(**{f.name: values.get(f.name, getattr(Config, f.name)) for f in fields(Config)})
+    return cfg, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, out = parse_args(argv)
+    err = config_error(cfg)
+    if out is not None and out.exists() and not out.is_dir():
+        err = err or f"--out: {out} exists and is not a directory"
+    if err:
+        fail(err)
+    metrics = run(cfg)
+    print(f"{'variant':8} {'elems/tok':>10} {'bytes/tok':>10} {'per layer':>10} {'decode ms':>16}")
+    for v, m in metrics["variants"].items():
+        t = f"{m['decode_ms_mean']:.3f}+-{m['decode_ms_std']:.3f}"
+        print(
+            f"{v:8} {m['cache_elems_per_token']:>10} {m['cache_bytes_per_token']:>10} "
+            f"{m['cache_elems_per_token_per_layer']:>10g} {t:>16}"
+        )
+    print(f"mla naive form: {metrics['variants']['mla']['naive_decode_ms_mean']:.3f} ms/step")
+    for g in metrics["grid"]:
+        print(f"grid {g['variant']:4} seq_len {g['seq_len']:>6}: {g['decode_ms_mean']:.3f} ms/step")
+    for c in metrics["claims"]:
+        print(
+            f"{c['id']}: paper {c['paper_value']:.6g} measured {c['measured_value']:.6g} "
+            f"-> {c['verdict']}"
+        )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from reprodesk.cli import main
+
+main()

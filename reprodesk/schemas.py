@@ -1,0 +1,312 @@
+"""Shared data contracts, declared once.
+
+Every layer (graphs, agents, tools, sandbox, memory) speaks in these models, so
+they import nothing from the rest of the project. Changing a field here is a
+contract change: the checkpointed state of past runs holds these shapes.
+"""
+
+from __future__ import annotations
+
+import operator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+# --------------------------------------------------------------------------- errors
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us (a path, a URL, a run id, a config).
+
+    The CLI prints ``str(err)`` as one line and exits non-zero; no traceback.
+    The message names the input and the reason.
+    """
+
+
+# --------------------------------------------------------------------------- paper
+
+
+class Paper(BaseModel):
+    """A paper's text as extracted, page by page. Untrusted data, never instructions."""
+
+    source: str = Field(description="What the user gave: a path or URL, normalised.")
+    kind: Literal["pdf", "markdown", "text", "tex", "html"] = Field(
+        description="Format sniffed from the bytes, not the name."
+    )
+    title: str = Field(description="Best-effort title: PDF metadata, first heading or line.")
+    pages: list[str] = Field(description="Text per page (one page for text formats).")
+    sha256: str = Field(description="Hash of the raw bytes; keys caches and evidence.")
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(self.pages)
+
+
+class Quote(BaseModel):
+    """A verbatim span of the paper and the 1-based page it is on."""
+
+    text: str
+    page: int
+
+
+class MechanismHit(BaseModel):
+    """A catalog mechanism that the paper describes, with the evidence for it."""
+
+    name: str = Field(description="Catalog key, e.g. 'mla'.")
+    title: str = Field(description="Human name, e.g. 'Multi-head Latent Attention'.")
+    score: float = Field(description="Weighted count of signature matches; higher is stronger.")
+    quotes: list[Quote] = Field(default_factory=list)
+
+
+class Hyperparameter(BaseModel):
+    """A value the paper states, with where it says so."""
+
+    name: str = Field(description="Catalog name, e.g. 'd_c'.")
+    value: float
+    quote: Quote
+
+
+class Claim(BaseModel):
+    """A sentence that states a number about the method."""
+
+    text: str
+    page: int
+    numbers: list[str] = Field(default_factory=list, description="The numbers as written.")
+
+
+class Digest(BaseModel):
+    """The Reader's output: what the paper is about, in checkable pieces."""
+
+    title: str
+    mechanisms: list[MechanismHit] = Field(default_factory=list, description="Ranked, best first.")
+    hyperparameters: list[Hyperparameter] = Field(default_factory=list)
+    claims: list[Claim] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- sandbox
+
+
+class Limits(BaseModel):
+    """Resource limits for one sandboxed job."""
+
+    wall_s: float = Field(default=120.0, gt=0, description="Wall-clock limit; the group is killed.")
+    memory_mb: int = Field(default=4096, gt=0, description="Address space (CPU) or RSS (GPU).")
+    processes: int = Field(default=256, gt=0, description="Max processes/threads for the job uid.")
+    output_bytes: int = Field(default=256_000, gt=0, description="stdout/stderr kept, head+tail.")
+    file_size_mb: int = Field(default=256, gt=0, description="Largest file the job may write.")
+
+
+class Job(BaseModel):
+    """What to run: files laid out in a fresh job dir, and the command inside it."""
+
+    files: dict[str, str] = Field(description="Relative path -> text content.")
+    argv: list[str] = Field(description="Command run in the job dir, e.g. ['python', 'mla.py'].")
+    limits: Limits = Field(default_factory=Limits)
+    gpu: bool = False
+
+    def key_material(self) -> dict[str, Any]:
+        """What identifies a job for the ledger: code, command and limits."""
+        return {
+            "files": dict(sorted(self.files.items())),
+            "argv": self.argv,
+            "gpu": self.gpu,
+        }
+
+
+RunStatus = Literal["ok", "error", "timeout", "oom", "killed", "refused"]
+
+
+class RunResult(BaseModel):
+    """What came back from one sandboxed job."""
+
+    status: RunStatus
+    exit_code: int | None = None
+    message: str = Field(default="", description="One line on what happened, for humans.")
+    stdout: str = ""
+    stderr: str = ""
+    truncated: bool = Field(default=False, description="Output was cut to head+tail.")
+    duration_s: float = 0.0
+    peak_memory_mb: float | None = None
+    metrics: dict[str, Any] | None = Field(
+        default=None, description="The last JSON object line the job printed on stdout."
+    )
+    artifacts: dict[str, str] = Field(
+        default_factory=dict, description="Relative name -> absolute host path of files kept."
+    )
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="backend, python, torch version, device, GPU name."
+    )
+    backend: str = ""
+
+
+# --------------------------------------------------------------------------- findings
+
+Verdict = Literal["reproduced", "partial", "not reproduced", "not checkable"]
+
+
+class Finding(BaseModel):
+    """One measured statement about a paper's claim. What the memory stores."""
+
+    id: str = Field(description="Stable id: run id + claim id.")
+    paper: str = Field(description="Paper title.")
+    source: str = Field(description="Where the paper came from.")
+    mechanism: str
+    claim: str = Field(description="The claim in words.")
+    metric: str
+    paper_value: float | None = None
+    measured_value: float | None = None
+    unit: str = ""
+    verdict: Verdict
+    setup: str = Field(description="Hardware and scale the measurement ran at.")
+    evidence: str = Field(description="run id, job key and metric path behind the number.")
+    gotchas: list[str] = Field(default_factory=list)
+    date: str = Field(default_factory=lambda: datetime.now(UTC).date().isoformat())
+    run_id: str = ""
+
+    def document(self) -> str:
+        """The text that gets embedded for search."""
+        parts = [
+            f"{self.mechanism}: {self.claim}",
+            f"metric {self.metric}: measured {self.measured_value} {self.unit}, "
+            f"paper {self.paper_value} {self.unit}, verdict {self.verdict}",
+            f"paper: {self.paper}",
+            f"setup: {self.setup}",
+        ]
+        if self.gotchas:
+            parts.append("gotchas: " + "; ".join(self.gotchas))
+        return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- run artifacts
+# What the agents hand each other through the graph state.
+
+
+class ScaleRow(BaseModel):
+    """One line of the scale-down record: the paper's value next to ours."""
+
+    name: str
+    description: str
+    paper: float | None = Field(description="None when the paper does not state it.")
+    ours: float
+    source: str = Field(description="'paper p.N' or why a default was used.")
+
+
+class Reproduction(BaseModel):
+    """The Reproducer's output: what runs, at which scale, and why that scale."""
+
+    mechanism: str
+    script: str = Field(description="Recipe file name, e.g. 'mla.py'.")
+    args: dict[str, float | int | str]
+    scale_down: list[ScaleRow]
+    carries_over: list[str] = Field(description="What a small run can establish.")
+    does_not_carry_over: list[str] = Field(description="What it cannot.")
+    job: Job
+    attempt: int = Field(description="1 for the first try, +1 per repair.")
+    note: str = ""
+
+
+class JobRecord(BaseModel):
+    """A job the run launched (or reused from the ledger) and what it returned."""
+
+    label: str
+    key: str
+    result: RunResult
+    reused: bool = False
+
+
+class EvidenceItem(BaseModel):
+    """One number in a write-up and where it comes from."""
+
+    id: str
+    display: str = Field(description="The number exactly as the write-up prints it.")
+    value: float
+    unit: str = ""
+    kind: Literal["measured", "paper", "config", "derived", "environment"]
+    source: dict[str, Any] = Field(
+        description="measured: job key + metric path; paper: page + quote; derived: formula."
+    )
+
+
+class Figure(BaseModel):
+    """A line plot the publish step renders to PNG."""
+
+    name: str = Field(description="File name under figures/.")
+    title: str
+    xlabel: str
+    ylabel: str
+    series: dict[str, list[tuple[float, float]]]
+
+
+class Draft(BaseModel):
+    """The Writer's output, not yet on disk."""
+
+    markdown: str
+    evidence: list[EvidenceItem]
+    figures: list[Figure]
+    findings: list[Finding]
+    round: int = 1
+
+
+class Critique(BaseModel):
+    """The Finance-Critic's review: blocking issues and bank-lens notes."""
+
+    approved: bool
+    issues: list[str] = Field(default_factory=list, description="Must be fixed to approve.")
+    notes: list[str] = Field(default_factory=list, description="For the reader, not blocking.")
+    round: int = 1
+
+
+class Decision(BaseModel):
+    """A gate's answer."""
+
+    gate: str
+    approved: bool
+    reason: str = ""
+    by: Literal["user", "auto", "policy"] = "user"
+
+
+class Outcome(BaseModel):
+    """How a run ended."""
+
+    status: Literal["published", "unsupported", "failed", "rejected"]
+    message: str
+    path: str | None = Field(default=None, description="Run folder, once published.")
+
+
+class Policy(BaseModel):
+    """Per-run policy, fixed at start so that a resumed run keeps it."""
+
+    gates: list[str] = Field(default_factory=lambda: ["code", "publish"])
+    max_repair_attempts: int = 3
+    max_critic_rounds: int = 2
+
+
+class RunState(BaseModel):
+    """The graph's state for one run (one LangGraph thread).
+
+    Declared here, beside the artifacts, so that agents can type their nodes
+    without importing `graphs` (arrows point one way). Every field but
+    `decisions` is last-write-wins; `decisions` appends.
+    """
+
+    run_id: str = Field(description="The LangGraph thread id.")
+    source: str = Field(description="What the user gave.")
+    paper: Paper = Field(description="The loaded paper; untrusted text.")
+    policy: Policy = Field(default_factory=Policy, description="Gates and loop bounds.")
+    digest: Digest | None = Field(default=None, description="Reader: mechanisms, claims, values.")
+    target: str | None = Field(default=None, description="Reader: catalog key to reproduce.")
+    decisions: Annotated[list[Decision], operator.add] = Field(
+        default_factory=list, description="Gate answers, in order."
+    )
+    reproduction: Reproduction | None = Field(default=None, description="Reproducer: the job.")
+    attempts: int = Field(default=0, description="Main-job launches so far (repair loop).")
+    main: JobRecord | None = Field(default=None, description="execute: the main job's result.")
+    profile: list[JobRecord] = Field(default_factory=list, description="Profiler: grid jobs.")
+    draft: Draft | None = Field(default=None, description="Writer: the write-up, unpublished.")
+    critique: Critique | None = Field(default=None, description="Finance-Critic: the review.")
+    critic_rounds: int = Field(default=0, description="Writer<->Critic rounds so far.")
+    outcome: Outcome | None = Field(default=None, description="Set when the run ends.")
+
+    def last_decision(self, gate: str) -> Decision | None:
+        return next((d for d in reversed(self.decisions) if d.gate == gate), None)

