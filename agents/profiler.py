@@ -1,8 +1,8 @@
 """Profiler: repeat the measurement over a small grid, so one number is never one sample.
 
-Offline policy: rerun the recipe with more repeats over a range of context
-lengths (decode latency grows with the cache) and two seeds (the cache size
-must not depend on the seed; the timings show their spread). Every job goes
+Offline policy: rerun the recipe with the argument sets its catalog entry
+names (MLA: more repeats over a range of context lengths, two seeds), or else
+with two more seeds, so that the write-up can show the spread of every claim. Every job goes
 through the ledger, so a resumed run reuses finished grid points.
 """
 
@@ -15,18 +15,17 @@ import structlog
 
 from agents.deps import Deps
 from agents.reproducer import build_job
+from recipes.catalog import CATALOG, Args, Recipe
 from reprodesk.schemas import JobRecord, RunState
 from tools.run_code import run_job
 
-SEQ_LENS = "64,256,512"
-SEEDS = (0, 1)
-REPEATS = 5
+DEFAULT_PROFILE: dict[str, Args] = {f"seed{seed}": {"seed": seed} for seed in (1, 2)}
 
 
-def grid_args(base: dict[str, float | int | str], seed: int) -> dict[str, float | int | str]:
-    args = dict(base)
-    args.update({"seq_lens": SEQ_LENS, "repeats": REPEATS, "seed": seed, "steps": 8})
-    return args
+def profile_jobs(recipe: Recipe, base: Args) -> list[tuple[str, Args]]:
+    """The recipe's own profile (e.g. MLA's context-length grid), or two more seeds."""
+    plan = recipe.profile or DEFAULT_PROFILE
+    return [(label, {**base, **overrides}) for label, overrides in plan.items()]
 
 
 def make_profiler(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
@@ -35,9 +34,8 @@ def make_profiler(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
         repro = state.reproduction
         assert repro is not None  # routed here only after a successful main job
         records: list[JobRecord] = []
-        for seed in SEEDS:
-            label = f"grid-seed{seed}"
-            job = build_job(deps, repro.script, grid_args(repro.args, seed))
+        for label, args in profile_jobs(CATALOG[repro.mechanism], repro.args):
+            job = build_job(deps, repro.script, args)
             done = run_job(deps.sandbox, deps.ledger, state.run_id, label, job)
             records.append(
                 JobRecord(label=label, key=done.key, result=done.result, reused=done.reused)

@@ -26,7 +26,10 @@ class ReaderOutput(BaseModel):
 
 def read(paper: Paper) -> ReaderOutput:
     found = digest(paper)
-    target = next((m.name for m in found.mechanisms if CATALOG[m.name].script), None)
+    target = next(
+        (m.name for m in found.mechanisms if CATALOG[m.name].script and CATALOG[m.name].scale),
+        None,
+    )
     return ReaderOutput(digest=found, target=target)
 
 

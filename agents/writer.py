@@ -1,12 +1,15 @@
 """Writer: the write-up, where every number is measured or cited, never typed in.
 
-Offline policy: a fixed structure filled from the run's artifacts. Numbers
-enter the text only through an `EvidenceBook`, which records where each came
-from (job + metric path, paper page + quote, config, formula); the same book
-becomes `evidence.json`. Claims the paper makes that a small run cannot check
-are listed as such, with the reason from the catalog.
+Offline policy: a fixed structure filled from the run's artifacts, the same for
+every recipe. A recipe's metrics line gives `claims` (paper value, measured
+value, tolerance, verdict), `variants` (the measurements table) and optionally
+`curves` (figures); the profiler's jobs give `grid` rows and the spread of
+each claim across seeds. Numbers enter the text only through an `EvidenceBook`,
+which records where each came from (job + metric path, paper page + quote,
+config, formula); the same book becomes `evidence.json`. Claims the paper makes
+that a small run cannot check are listed as such, with the catalog's reason.
 
-On a second round the Writer adds the Finance-Critic's open points, so that a
+On a later round the Writer adds the Finance-Critic's open points, so that a
 human at the publish gate sees them in the document itself.
 """
 
@@ -33,18 +36,27 @@ from reprodesk.schemas import (
 )
 from tools.evidence import EvidenceBook, numbers_in
 
-_VARIANT_NAMES = {"mha": "MHA", "gqa": "GQA", "mqa": "MQA", "mla": "MLA"}
-_VERDICTS: set[str] = {"reproduced", "partial", "not reproduced", "not checkable"}
+_VERDICTS: dict[str, Verdict] = {
+    "reproduced": "reproduced",
+    "partial": "partial",
+    "not reproduced": "not reproduced",
+    "not checkable": "not checkable",
+}
 
 
-def _metric(metrics: dict[str, Any], path: str) -> float:
+def metric_at(metrics: dict[str, Any], path: str) -> Any:
+    """Follow a dotted path (list indices as numbers) into a metrics object."""
     node: Any = metrics
     for part in path.split("."):
         node = node[int(part)] if isinstance(node, list) else node[part]
-    return float(node)
+    return node
 
 
-def _paper_claim(claims: list[Claim], value: float) -> tuple[Claim, str, float] | None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def paper_statement(claims: list[Claim], value: float) -> tuple[Claim, str, float] | None:
     """The paper's own sentence stating `value` (to its rounding), and the number as written.
 
     Papers round: 0.017578 is stated as "1.76%". A stated number matches when it
@@ -55,10 +67,10 @@ def _paper_claim(claims: list[Claim], value: float) -> tuple[Claim, str, float] 
     for claim in claims:
         for number in numbers_in(claim.text):
             digits = number.rstrip("%")
-            stated = float(digits) / (100 if number.endswith("%") else 1)
+            scale = 100.0 if number.endswith("%") else 1.0
+            stated = float(digits) / scale
             decimals = len(digits.split(".")[1]) if "." in digits else 0
-            half_unit = 0.5 * 10.0**-decimals / (100 if number.endswith("%") else 1)
-            if abs(stated - value) <= half_unit + 1e-12:
+            if abs(stated - value) <= 0.5 * 10.0**-decimals / scale + 1e-12:
                 return claim, number, stated
     return None
 
@@ -70,275 +82,342 @@ def display_source(source: str) -> str:
     return PurePath(source.removeprefix("file://")).name
 
 
-def _setup_line(state: RunState, main: JobRecord) -> str:
-    env = main.result.environment
-    metrics_env = (main.result.metrics or {}).get("env", {})
-    torch_v = metrics_env.get("torch", env.get("torch", "unknown"))
-    device = metrics_env.get("device", "cpu")
-    backend = main.result.backend or env.get("backend", "unknown")
-    return f"`{backend}` sandbox, torch `{torch_v}`, device `{device}`"
+class _Writer:
+    """One write-up; methods append sections and register every number they print."""
 
+    def __init__(self, state: RunState) -> None:
+        assert state.digest and state.reproduction and state.main and state.main.result.metrics
+        self.state = state
+        self.digest = state.digest
+        self.repro = state.reproduction
+        self.main: JobRecord = state.main
+        self.metrics: dict[str, Any] = state.main.result.metrics
+        self.recipe: Recipe = CATALOG[self.repro.mechanism]
+        self.book = EvidenceBook()
+        self.lines: list[str] = []
+        self.findings: list[Finding] = []
+        self.figures: list[Figure] = []
 
-def write(state: RunState) -> Draft:
-    assert state.digest and state.reproduction and state.main and state.main.result.metrics
-    recipe: Recipe = CATALOG[state.reproduction.mechanism]
-    repro = state.reproduction
-    main = state.main
-    metrics = main.result.metrics or {}
-    book = EvidenceBook()
-    key = main.key
-
-    def m(id: str, path: str, unit: str = "", percent: bool = False) -> str:
-        return book.measured(
-            id, _metric(metrics, path), unit, job=key, metric=path, percent=percent
+    def measured(
+        self, id: str, path: str, unit: str = "", *, record: JobRecord | None = None
+    ) -> str:
+        record = record or self.main
+        value = float(metric_at(record.result.metrics or {}, path))
+        return self.book.measured(
+            id, value, unit, job=record.key, metric=path, percent=unit == "ratio"
         )
 
-    title = f"{recipe.title}: a small-scale reproduction"
-    lines: list[str] = [f"# {title}", ""]
-    paper_title = book.paper_quote("title", Quote(text=state.paper.title, page=1))
-    lines += [f"Paper: *{paper_title}* (`{display_source(state.paper.source)}`).", ""]
-    lines += [f"Run `{state.run_id}`.", ""]
+    @property
+    def setup(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.repro.args.items())
+        return f"{self.main.result.backend} sandbox, CPU; {args}"
 
-    # ------------------------------------------------------------------ claims
-    claim_rows: list[str] = []
-    findings: list[Finding] = []
-    setup = (
-        f"CPU sandbox ({main.result.backend}); n_h={repro.args['n_heads']}, "
-        f"d_h={repro.args['d_head']}, d_c={repro.args['d_c']}, "
-        f"d_h^R={repro.args['d_rope']}, l={repro.args['n_layers']}"
-    )
-    verdicts: dict[str, str] = {}
-    for i, claim in enumerate(metrics.get("claims", [])):
-        cid = str(claim["id"])
-        verdict = str(claim["verdict"])
-        verdicts[cid] = verdict
-        measured_path = f"claims.{i}.measured_value"
-        unit = str(claim.get("unit", ""))
-        percent = unit == "ratio"
-        measured = m(f"{cid}.measured", measured_path, unit, percent=percent)
-        paper_value = float(claim["paper_value"])
-        match = _paper_claim(state.digest.claims, paper_value)
+    # ------------------------------------------------------------------ sections
+
+    def header(self) -> None:
+        title = self.book.paper_quote("title", Quote(text=self.state.paper.title, page=1))
+        self.lines += [
+            f"# {self.recipe.title}: a small-scale reproduction",
+            "",
+            f"Paper: *{title}* (`{display_source(self.state.paper.source)}`).",
+            "",
+            f"Run `{self.state.run_id}`.",
+            "",
+        ]
+
+    def claims_rows(self) -> list[str]:
+        rows: list[str] = []
+        spread_runs = [self.main, *[p for p in self.state.profile if p.result.metrics]]
+        for i, claim in enumerate(self.metrics.get("claims", [])):
+            cid, unit = str(claim["id"]), str(claim.get("unit", ""))
+            verdict = _VERDICTS.get(str(claim["verdict"]), "not checkable")
+            path = f"claims.{i}.measured_value"
+            measured = self.measured(f"{cid}.measured", path, unit)
+            paper_value = float(claim["paper_value"])
+            paper_cell = self._paper_cell(cid, paper_value, unit)
+            spread = self._spread(cid, i, unit, spread_runs)
+            text = self.book.text_numbers(f"{cid}.text", str(claim["claim"]), job=self.main.key)
+            rows.append(f"| {text} | {paper_cell} | {measured} | {spread} | **{verdict}** |")
+            self.findings.append(
+                Finding(
+                    id=f"{self.state.run_id}:{cid}",
+                    paper=self.state.paper.title,
+                    source=display_source(self.state.paper.source),
+                    mechanism=self.recipe.key,
+                    claim=str(claim["claim"]),
+                    metric=str(claim.get("metric", cid)),
+                    paper_value=paper_value,
+                    measured_value=float(metric_at(self.metrics, path)),
+                    unit=unit,
+                    verdict=verdict,
+                    setup=self.setup,
+                    evidence=f"run {self.state.run_id}, job {self.main.key}, metric {path}",
+                    gotchas=list(self.recipe.gotchas[:2]),
+                    run_id=self.state.run_id,
+                )
+            )
+        rows += self._not_checkable_rows()
+        return rows
+
+    def _paper_cell(self, cid: str, value: float, unit: str) -> str:
+        match = paper_statement(self.digest.claims, value)
         if match is not None:
             stated, as_written, stated_value = match
             quote = Quote(text=stated.text, page=stated.page)
-            paper_cell = book.paper(f"{cid}.paper", stated_value, unit, quote, as_written)
-            paper_cell += f" (stated, p.{stated.page})"
-        else:
-            paper_cell = book.derived(
-                f"{cid}.expected",
-                paper_value,
-                unit,
-                formula=f"recipe claim {cid} at the run's config",
-                percent=percent,
+            cell = self.book.paper(f"{cid}.paper", stated_value, unit, quote, as_written)
+            return f"{cell} (stated, p.{stated.page})"
+        cell = self.book.derived(
+            f"{cid}.expected",
+            value,
+            unit,
+            formula=f"the recipe's claim {cid} at the run's configuration",
+            percent=unit == "ratio",
+        )
+        return f"{cell} (expected at our scale)"
+
+    def _spread(self, cid: str, index: int, unit: str, runs: list[JobRecord]) -> str:
+        """Min–max of a claim's measured value over the main and profiler runs."""
+        values: list[tuple[float, JobRecord]] = []
+        for record in runs:
+            claims = (record.result.metrics or {}).get("claims", [])
+            if index < len(claims) and claims[index].get("id") == cid:
+                values.append((float(claims[index]["measured_value"]), record))
+        if len(values) < 2:
+            return "—"
+        low = min(values, key=lambda v: v[0])
+        high = max(values, key=lambda v: v[0])
+        path = f"claims.{index}.measured_value"
+        lo = self.measured(f"{cid}.min", path, unit, record=low[1])
+        hi = self.measured(f"{cid}.max", path, unit, record=high[1])
+        n = self.book.derived(f"{cid}.runs", len(values), "", formula="runs compared")
+        return f"{lo} – {hi} ({n} runs)" if lo != hi else f"{lo} in all {n} runs"
+
+    def _not_checkable_rows(self) -> list[str]:
+        rows: list[str] = []
+        for j, (pattern, why) in enumerate(self.recipe.not_checkable):
+            stated = next((c for c in self.digest.claims if re.search(pattern, c.text)), None)
+            if stated is None or any(stated.text in row for row in rows):
+                continue  # one sentence can hold two such claims
+            quote = Quote(text=stated.text, page=stated.page)
+            text = self.book.paper_quote(f"not_checkable.{j}", quote)
+            rows.append(
+                f"| {text} (p.{quote.page}) | as stated | — | — | **not checkable**: {why} |"
             )
-            paper_cell += " (expected at our scale)"
-        claim_text = book.text_numbers(f"{cid}.text", str(claim["claim"]), job=key)
-        claim_rows.append(f"| {claim_text} | {paper_cell} | {measured} | **{verdict}** |")
-        findings.append(
-            Finding(
-                id=f"{state.run_id}:{cid}",
-                paper=state.paper.title,
-                source=display_source(state.paper.source),
-                mechanism=recipe.key,
-                claim=str(claim["claim"]),
-                metric=str(claim.get("metric", cid)),
-                paper_value=paper_value,
-                measured_value=_metric(metrics, measured_path),
-                unit=unit,
-                verdict=verdict if verdict in _VERDICTS else "not checkable",
-                setup=setup,
-                evidence=f"run {state.run_id}, job {key}, metric {measured_path}",
-                gotchas=list(recipe.gotchas[:2]),
-                run_id=state.run_id,
+            self.findings.append(
+                Finding(
+                    id=f"{self.state.run_id}:not_checkable.{j}",
+                    paper=self.state.paper.title,
+                    source=display_source(self.state.paper.source),
+                    mechanism=self.recipe.key,
+                    claim=text,
+                    metric="none",
+                    verdict="not checkable",
+                    setup=self.setup,
+                    evidence=f"paper p.{quote.page}; reason: {why}",
+                    gotchas=[why],
+                    run_id=self.state.run_id,
+                )
+            )
+        return rows
+
+    def tldr(self, claim_rows: list[str]) -> None:
+        claims = self.metrics.get("claims", [])
+        n = len(claims)
+        ok = sum(str(c["verdict"]) == "reproduced" for c in claims)
+        checked = self.book.derived("tldr.claims", n, "", formula="claims measured")
+        reproduced = self.book.derived("tldr.reproduced", ok, "", formula="verdict reproduced")
+        skipped = sum("**not checkable**" in r for r in claim_rows) - sum(
+            str(c["verdict"]) == "not checkable" for c in claims
+        )
+        self.lines += ["## TL;DR", ""]
+        self.lines.append(
+            f"Of {checked} claims measured in a real sandboxed PyTorch run, {reproduced} "
+            "reproduced"
+            + (
+                "; the paper's claims that a small run cannot check are marked so below."
+                if skipped
+                else "."
             )
         )
-    for j, (pattern, why) in enumerate(recipe.not_checkable):
-        stated_claim = next((c for c in state.digest.claims if re.search(pattern, c.text)), None)
-        if stated_claim is None:
-            continue
-        quote = Quote(text=stated_claim.text, page=stated_claim.page)
-        text = book.paper_quote(f"not_checkable.{j}", quote)
-        if any(text in row for row in claim_rows):
-            continue  # one sentence can hold two such claims
-        claim_rows.append(f"| {text} (p.{quote.page}) | as stated | — | **not checkable**: {why} |")
-        verdict_nc: Verdict = "not checkable"
-        findings.append(
-            Finding(
-                id=f"{state.run_id}:not_checkable.{j}",
-                paper=state.paper.title,
-                source=display_source(state.paper.source),
-                mechanism=recipe.key,
-                claim=text,
-                metric="none",
-                unit="",
-                verdict=verdict_nc,
-                setup=setup,
-                evidence=f"paper p.{quote.page}; reason: {why}",
-                gotchas=[why],
-                run_id=state.run_id,
+        self.lines.append("")
+        for i, claim in enumerate(claims):
+            cid, unit = str(claim["id"]), str(claim.get("unit", ""))
+            measured = self.measured(f"tldr.{cid}", f"claims.{i}.measured_value", unit)
+            text = self.book.text_numbers(
+                f"tldr.{cid}.text", str(claim["claim"]), job=self.main.key
             )
-        )
+            self.lines.append(f"- {text}: measured {measured} — **{claim['verdict']}**")
+        self.lines.append("")
 
-    # ------------------------------------------------------------------ TL;DR
-    mla_elems = m("tldr.mla_elems", "variants.mla.cache_elems_per_token", "elements")
-    mha_elems = m("tldr.mha_elems", "variants.mha.cache_elems_per_token", "elements")
-    ratio = book.measured(
-        "tldr.ratio",
-        _metric(metrics, "variants.mla.cache_elems_per_token")
-        / _metric(metrics, "variants.mha.cache_elems_per_token"),
-        "%",
-        job=key,
-        metric="variants.mla.cache_elems_per_token / variants.mha.cache_elems_per_token",
-        percent=True,
-    )
-    n_ok = sum(v == "reproduced" for v in verdicts.values())
-    checked = book.derived("tldr.checked", len(verdicts), "", formula="claims measured")
-    n_ok_s = book.derived("tldr.ok", n_ok, "", formula="claims with verdict reproduced")
-    lines += [
-        "## TL;DR",
-        "",
-        f"At our scale MLA holds {mla_elems} cache elements per token where MHA holds "
-        f"{mha_elems}: {ratio} of the MHA cache, measured from the tensors held in a real "
-        f"decode loop. Of {checked} claims measured, {n_ok_s} reproduced. Throughput and "
-        "cross-model claims are not checkable at this scale and are marked so below.",
-        "",
-        "## The mechanism",
-        "",
-        recipe.summary,
-        "",
-    ]
-    for q in state.digest.mechanisms[0].quotes[:2] if state.digest.mechanisms else []:
-        lines.append(f"> {book.paper_quote('mechanism.quote', q)} (p.{q.page})")
-        lines.append("")
+    def mechanism(self) -> None:
+        self.lines += ["## The mechanism", "", self.recipe.summary, ""]
+        hit = next((m for m in self.digest.mechanisms if m.name == self.recipe.key), None)
+        for q in hit.quotes[:2] if hit else []:
+            self.lines += [f"> {self.book.paper_quote('mechanism.quote', q)} (p.{q.page})", ""]
 
-    # ------------------------------------------------------------------ setup
-    lines += [
-        "## Setup and scale-down record",
-        "",
-        f"Ran in the {_setup_line(state, main)}. {repro.note[:1].upper()}{repro.note[1:]}.",
-        "",
-        "| Hyperparameter | Paper | Ours | Source |",
-        "|---|---|---|---|",
-    ]
-    for row in repro.scale_down:
-        if row.paper is None:
-            paper_cell = "not stated"
-        elif row.source.startswith("paper"):
-            hp = next((h for h in state.digest.hyperparameters if h.name == row.name), None)
-            paper_cell = (
-                book.paper(f"hp.{row.name}", row.paper, "", hp.quote)
-                if hp
-                else book.config(f"hp.{row.name}", row.paper, where=row.source)
-            )
-        else:
-            paper_cell = book.config(f"hp.{row.name}", row.paper, where=row.source)
-        ours = book.config(f"ours.{row.name}", row.ours, where="reproduction.args")
-        lines.append(f"| {row.description} | {paper_cell} | {ours} | {row.source} |")
-    lines += ["", "What carries over from this scale:", ""]
-    lines += [f"- {c}" for c in repro.carries_over]
-    lines += ["", "What does not:", ""]
-    lines += [f"- {c}" for c in repro.does_not_carry_over]
-    lines += [""]
-
-    # ------------------------------------------------------------------ claims table
-    lines += [
-        "## Claims: paper vs measured",
-        "",
-        "| Claim | Paper | Measured (ours) | Verdict |",
-        "|---|---|---|---|",
-        *claim_rows,
-        "",
-    ]
-
-    # ------------------------------------------------------------------ measurements
-    lines += [
-        "## Measurements",
-        "",
-        "| Variant | cache elements / token | cache bytes / token | decode step, ms (mean ± std) |",
-        "|---|---|---|---|",
-    ]
-    for v, name in _VARIANT_NAMES.items():
-        if v not in metrics.get("variants", {}):
-            continue
-        base = f"variants.{v}"
-        elems = m(f"{v}.elems", f"{base}.cache_elems_per_token", "elements")
-        nbytes = m(f"{v}.bytes", f"{base}.cache_bytes_per_token", "bytes")
-        mean = m(f"{v}.decode_ms", f"{base}.decode_ms_mean", "ms")
-        std = m(f"{v}.decode_ms_std", f"{base}.decode_ms_std", "ms")
-        label = name
-        if v == "gqa" and "groups" in metrics["variants"][v]:
-            label += f" ({m('gqa.groups', f'{base}.groups')} groups)"
-        lines.append(f"| {label} | {elems} | {nbytes} | {mean} ± {std} |")
-    lines.append("")
-
-    figures: list[Figure] = []
-    # One line per variant: the mean over the profiler's seeds at each context length.
-    points: dict[tuple[str, int], list[tuple[float, str, str]]] = {}
-    for record in state.profile:
-        gm = record.result.metrics or {}
-        for i, point in enumerate(gm.get("grid", [])):
-            where = (str(point["variant"]), int(point["seq_len"]))
-            ms = float(point["decode_ms_mean"])
-            points.setdefault(where, []).append((ms, record.key, f"grid.{i}.decode_ms_mean"))
-    series: dict[str, list[tuple[float, float]]] = {}
-    for (variant, seq), samples in sorted(points.items()):
-        avg = sum(ms for ms, _, _ in samples) / len(samples)
-        sources = " + ".join(f"{job}:{path}" for _, job, path in samples)
-        book.derived(f"grid.{variant}.{seq}", avg, "ms", formula=f"mean of {sources}")
-        series.setdefault(_VARIANT_NAMES.get(variant, variant), []).append((float(seq), avg))
-    if series:
-        figures.append(
-            Figure(
-                name="decode_latency.png",
-                title="Decode step latency vs context length (CPU, small scale, mean of seeds)",
-                xlabel="context length (tokens)",
-                ylabel="ms per decode step",
-                series=series,
-            )
-        )
-        seeds = book.derived("grid.seeds", len(state.profile), "", formula="profiler jobs")
-        lines += [
-            f"Decode latency over context length, {seeds} seeds (profiler grid; every point "
-            "is in `evidence.json`):",
+    def setup_section(self) -> None:
+        env = (self.metrics.get("env") or {}) if isinstance(self.metrics.get("env"), dict) else {}
+        torch_v, device = env.get("torch", "unknown"), env.get("device", "cpu")
+        note = self.repro.note[:1].upper() + self.repro.note[1:]
+        self.lines += [
+            "## Setup and scale-down record",
             "",
-            "![decode latency](figures/decode_latency.png)",
+            f"Ran in the `{self.main.result.backend}` sandbox, torch `{torch_v}`, device "
+            f"`{device}`. {note}.",
+            "",
+            "| Hyperparameter | Paper | Ours | Source |",
+            "|---|---|---|---|",
+        ]
+        for row in self.repro.scale_down:
+            if row.paper is None:
+                paper_cell = "not stated"
+            else:
+                hp = next((h for h in self.digest.hyperparameters if h.name == row.name), None)
+                paper_cell = (
+                    self.book.paper(f"hp.{row.name}", row.paper, "", hp.quote)
+                    if hp and row.source.startswith("paper")
+                    else self.book.config(f"hp.{row.name}", row.paper, where=row.source)
+                )
+            ours = self.book.config(f"ours.{row.name}", row.ours, where="reproduction.args")
+            self.lines.append(f"| {row.description} | {paper_cell} | {ours} | {row.source} |")
+        self.lines += ["", "What carries over from this scale:", ""]
+        self.lines += [f"- {c}" for c in self.repro.carries_over]
+        self.lines += ["", "What does not:", ""]
+        self.lines += [f"- {c}" for c in self.repro.does_not_carry_over]
+        self.lines.append("")
+
+    def claims_section(self, rows: list[str]) -> None:
+        self.lines += [
+            "## Claims: paper vs measured",
+            "",
+            "| Claim | Paper | Measured (ours) | Across runs | Verdict |",
+            "|---|---|---|---|---|",
+            *rows,
             "",
         ]
-    diff = m("absorbed.diff", "absorbed_max_abs_diff")
-    lines += [
-        f"The absorbed inference form matches the naive one to {diff} (max abs difference).",
-        "",
-    ]
 
-    # ------------------------------------------------------------------ gotchas, finance
-    lines += ["## Gotchas", ""]
-    lines += [f"- {g}" for g in recipe.gotchas]
-    lines += ["", "## Finance angle", "", recipe.finance_angle, ""]
-    if state.critique and not state.critique.approved:
-        lines += ["## Open review points", ""]
-        lines += [f"- {issue}" for issue in state.critique.issues]
-        lines += [""]
+    def measurements(self) -> None:
+        variants = self.metrics.get("variants") or {}
+        if not isinstance(variants, dict) or not variants:
+            return
+        columns = list(self.recipe.table) or [
+            (k, k.replace("_", " "))
+            for k in dict.fromkeys(
+                k for v in variants.values() for k, x in v.items() if _is_number(x)
+            )
+        ]
+        self.lines += [
+            "## Measurements",
+            "",
+            "| Variant | " + " | ".join(label for _, label in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name, values in variants.items():
+            cells = [
+                self.measured(f"{name}.{key}", f"variants.{name}.{key}")
+                if _is_number(values.get(key))
+                else "—"
+                for key, _ in columns
+            ]
+            self.lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        self.lines.append("")
 
-    # ------------------------------------------------------------------ reproduce
-    argv = " ".join(repro.job.argv[1:-2])  # drop "python" and "--out out"
-    lines += [
-        "## Reproduce it",
-        "",
-        "```sh",
-        f"python recipes/{argv}   # this run, on a CPU",
-        f"python recipes/{repro.script} --preset 4070 --device cuda   # a 12 GB GPU",
-        f"reprodesk replay {state.run_id}   # every step of this run",
-        "```",
-        "",
-        "Every number above is listed in `evidence.json` with the job, metric, page or "
-        "formula it comes from.",
-        "",
-    ]
+    def figures_section(self) -> None:
+        shown: list[str] = []
+        spec = self.recipe.grid_figure
+        if spec is not None:
+            points: dict[tuple[str, float], list[tuple[float, str]]] = {}
+            for record in self.state.profile:
+                for i, row in enumerate((record.result.metrics or {}).get("grid", [])):
+                    where = (str(row["variant"]), float(row[spec.x]))
+                    points.setdefault(where, []).append(
+                        (float(row[spec.y]), f"{record.key}:grid.{i}.{spec.y}")
+                    )
+            series: dict[str, list[tuple[float, float]]] = {}
+            for (variant, x), samples in sorted(points.items()):
+                avg = sum(v for v, _ in samples) / len(samples)
+                sources = " + ".join(s for _, s in samples)
+                self.book.derived(f"grid.{variant}.{x:g}", avg, "", formula=f"mean of {sources}")
+                series.setdefault(variant, []).append((x, avg))
+            if series:
+                self.figures.append(
+                    Figure(
+                        name="grid.png",
+                        title=spec.title,
+                        xlabel=spec.xlabel,
+                        ylabel=spec.ylabel,
+                        series=series,
+                    )
+                )
+                shown.append("grid.png")
+        curves = self.metrics.get("curves") or {}
+        for name, curve in curves.items() if isinstance(curves, dict) else []:
+            series = {
+                str(label): [(float(x), float(y)) for x, y in pts]
+                for label, pts in curve.get("series", {}).items()
+            }
+            if series:
+                self.figures.append(
+                    Figure(
+                        name=f"{name}.png",
+                        title=str(curve.get("title", name)),
+                        xlabel=str(curve.get("xlabel", "")),
+                        ylabel=str(curve.get("ylabel", "")),
+                        series=series,
+                    )
+                )
+                shown.append(f"{name}.png")
+        if shown:
+            self.lines += ["## Figures", ""]
+            for name in shown:
+                self.lines += [f"![{name}](figures/{name})", ""]
+            self.lines += [
+                "Plotted values come from the jobs' `metrics.json` under `results/`; "
+                "profiler means are listed in `evidence.json`.",
+                "",
+            ]
+
+    def closing(self) -> None:
+        self.lines += ["## Gotchas", ""]
+        self.lines += [f"- {g}" for g in self.recipe.gotchas]
+        self.lines += ["", "## Finance angle", "", self.recipe.finance_angle, ""]
+        critique = self.state.critique
+        if critique and not critique.approved:
+            self.lines += ["## Open review points", ""]
+            self.lines += [f"- {issue}" for issue in critique.issues]
+            self.lines.append("")
+        argv = " ".join(self.repro.job.argv[1:-2])  # drop "python" and "--out out"
+        self.lines += [
+            "## Reproduce it",
+            "",
+            "```sh",
+            f"python recipes/{argv}   # this run, on a CPU",
+            f"python recipes/{self.repro.script} --preset 4070 --device cuda   # a 12 GB GPU",
+            f"reprodesk replay {self.state.run_id}   # every step of this run",
+            "```",
+            "",
+            "Every number above is listed in `evidence.json` with the job, metric, page or "
+            "formula it comes from.",
+            "",
+        ]
+
+
+def write(state: RunState) -> Draft:
+    w = _Writer(state)
+    w.header()
+    rows = w.claims_rows()
+    w.tldr(rows)
+    w.mechanism()
+    w.setup_section()
+    w.claims_section(rows)
+    w.measurements()
+    w.figures_section()
+    w.closing()
     return Draft(
-        markdown="\n".join(lines),
-        evidence=book.items,
-        figures=figures,
-        findings=findings,
+        markdown="\n".join(w.lines),
+        evidence=w.book.items,
+        figures=w.figures,
+        findings=w.findings,
         round=state.critic_rounds + 1,
     )
 

@@ -81,7 +81,7 @@ def timeline(graph: Any, run_id: str) -> list[Step]:
     steps: list[Step] = []
     previous_next: list[str] = []
     for snap in history:
-        ran = list(previous_next)
+        ran = [n for n in previous_next if not n.startswith("__")]  # __start__ is bookkeeping
         steps.append(
             Step(
                 step=int(snap.metadata.get("step", len(steps) - 1)) if snap.metadata else 0,
