@@ -35,8 +35,9 @@ from reprodesk.settings import Settings
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PAUSED, EXIT_NOT_PUBLISHED = 0, 1, 2, 3, 4
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: a long path or message stays on one line (tests and scripts read lines).
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     help=__doc__,
@@ -179,29 +180,58 @@ def _drive(app_: _App, payload: Any, run_id: str, *, auto_approve: bool) -> int:
     context = Context(auto_approve=auto_approve)
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     while True:
-        for chunk in app_.graph.stream(
-            payload, config, context=context, stream_mode="updates", durability="sync"
-        ):
-            ran = [node for node in chunk if not node.startswith("__")]
-            if ran:
-                values = app_.graph.get_state(config).values
-                out.print(
-                    f"[green]✓[/green] {', '.join(ran)}: {describe(ran, values)}", highlight=False
-                )
+        # A spinner names the step in progress (sandboxed jobs take seconds to minutes).
+        with out.status("starting", spinner="dots") as status:
+            for chunk in app_.graph.stream(
+                payload, config, context=context, stream_mode="updates", durability="sync"
+            ):
+                ran = [node for node in chunk if not node.startswith("__")]
+                if ran:
+                    snap = app_.graph.get_state(config)
+                    out.print(
+                        f"[green]✓[/green] {', '.join(ran)}: {describe(ran, snap.values)}",
+                        highlight=False,
+                    )
+                    if snap.next:
+                        status.update(f"{', '.join(snap.next)} ...")
         snap = app_.graph.get_state(config)
         pending = _interrupts(snap)
         if pending:
             value = pending[0].value
+            gate = value.get("gate", "?")
+            review = _write_review(app_, RunState.model_validate(snap.values), gate)
+            if review is not None:
+                out.print(f"for review: {review}", highlight=False)
             if interactive:
                 payload = Command(resume=_ask(value))
                 continue
-            gate = value.get("gate", "?")
             out.print(f"paused at the {gate} gate. To continue:")
             out.print(f"  reprodesk resume {run_id} --approve", highlight=False)
             out.print(f"  reprodesk resume {run_id} --reject 'REASON'", highlight=False)
             return EXIT_PAUSED
         state = RunState.model_validate(snap.values)
         return _report(app_, state)
+
+
+def _write_review(app_: _App, state: RunState, gate: str) -> Path | None:
+    """Put what a gate asks about on disk, so a human reads the real thing before deciding.
+
+    The code gate shows the exact files the sandbox will run; the publish gate the draft.
+    Review copies live under the home's review/ folder, apart from published runs.
+    """
+    folder = app_.home / "review" / state.run_id / gate
+    files: dict[str, str] = {}
+    if gate == "code" and state.reproduction is not None:
+        files = dict(state.reproduction.job.files)
+        files["command.txt"] = " ".join(state.reproduction.job.argv) + "\n"
+    elif gate == "publish" and state.draft is not None:
+        files = {"writeup.md": state.draft.markdown}
+    if not files:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
 
 
 def _report(app_: _App, state: RunState) -> int:
@@ -496,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, standalone_mode=False, prog_name="reprodesk")
     except UserError as exc:
-        err.print(f"reprodesk: {exc}", highlight=False, markup=False)
+        sys.stderr.write(f"reprodesk: {' '.join(str(exc).split())}\n")
         code = EXIT_USAGE
     except click.exceptions.UsageError as exc:
         exc.show()

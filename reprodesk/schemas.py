@@ -106,7 +106,11 @@ class Job(BaseModel):
     gpu: bool = False
 
     def key_material(self) -> dict[str, Any]:
-        """What identifies a job for the ledger: code, command and limits."""
+        """What identifies a job for the ledger: code and command.
+
+        Limits are left out on purpose: the same code with the same arguments is the
+        same experiment, whatever time or memory it was allowed.
+        """
         return {
             "files": dict(sorted(self.files.items())),
             "argv": self.argv,

@@ -130,6 +130,9 @@ def test_pause_at_code_gate_then_resume_from_new_processes(tmp_path: Path) -> No
     home = tmp_path / "home"
     first = cli(home, "run", str(SAMPLE), "--run-id", "gated", check=3)
     assert "reprodesk resume gated --approve" in first.stdout
+    review = home / "review" / "gated" / "code"
+    assert (review / "mla.py").read_text() == (ROOT / "recipes" / "mla.py").read_text()
+    assert "--n-heads 128" in (review / "command.txt").read_text()
     from sandbox.ledger import Ledger
 
     assert Ledger(home / "ledger.sqlite").launches("gated") == {}  # nothing ran before approval
@@ -175,6 +178,11 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, make: Any, rea
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(reason, lines[0]), proc.stderr
     assert not (home / "runs.sqlite").exists() and not (home / "runs").exists()
+
+
+def test_doctor_reports_the_backends(tmp_path: Path) -> None:
+    proc = cli(tmp_path / "home", "doctor")
+    assert "sandbox: bwrap" in proc.stdout and "torch" in proc.stdout
 
 
 def test_unknown_run_id_is_one_line(tmp_path: Path) -> None:
