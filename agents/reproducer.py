@@ -31,11 +31,12 @@ def _stated(found: Digest) -> dict[str, tuple[float, str]]:
     return out
 
 
-def _shrink(args: Args) -> Args:
-    """A smaller run with the same ratios: fewer tokens, same architecture."""
+def _shrink(args: Args, keys: tuple[str, ...]) -> Args:
+    """A smaller run with the same ratios: the recipe's size arguments halved."""
     smaller = dict(args)
-    smaller["prompt_len"] = max(8, int(args["prompt_len"]) // 2)
-    smaller["steps"] = max(4, int(args["steps"]) // 2)
+    for key in keys:
+        if key in smaller:
+            smaller[key] = max(1, int(smaller[key]) // 2)
     return smaller
 
 
@@ -68,7 +69,8 @@ def make_reproducer(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
             attempt = 1
         else:
             failed = state.main.result if state.main else None
-            if failed is None or failed.status not in ("timeout", "oom"):
+            shrinkable = [k for k in recipe.shrink if k in previous.args]
+            if failed is None or failed.status not in ("timeout", "oom") or not shrinkable:
                 why = f"{failed.status}: {failed.message}" if failed else "no result"
                 log.warning("reproducer.give_up", reason=why)
                 return {
@@ -76,15 +78,16 @@ def make_reproducer(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
                         status="failed",
                         message=(
                             f"the {recipe.script} run failed ({why}); offline mode does not "
-                            "rewrite recipe code — read the job's stderr with "
-                            f"`reprodesk replay {state.run_id}`"
+                            "rewrite recipe code and retries only a timeout or out-of-memory "
+                            "of a recipe that declares what to shrink — read the job's "
+                            f"stderr with `reprodesk replay {state.run_id} --step N`"
                         ),
                     )
                 }
-            args = _shrink(previous.args)
+            args = _shrink(previous.args, recipe.shrink)
             note = (
-                f"the previous attempt ended with {failed.status}, so this one halved the "
-                "prompt and the decode steps (ratios unchanged)"
+                f"the previous attempt ended with {failed.status}, so this one halved "
+                f"{', '.join(shrinkable)} (ratios unchanged)"
             )
             attempt = previous.attempt + 1
             scale_down = previous.scale_down

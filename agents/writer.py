@@ -75,6 +75,11 @@ def paper_statement(claims: list[Claim], value: float) -> tuple[Claim, str, floa
     return None
 
 
+def cell(text: str) -> str:
+    """Text made safe for a Markdown table cell: a '|' would end the cell."""
+    return " ".join(text.replace("|", "\\|").split())
+
+
 def display_source(source: str) -> str:
     """URLs as they are; local files by name only (a path can name a person's home)."""
     if "://" in source and not source.startswith("file://"):
@@ -136,7 +141,9 @@ class _Writer:
             paper_value = float(claim["paper_value"])
             paper_cell = self._paper_cell(cid, paper_value, unit)
             spread = self._spread(cid, i, unit, spread_runs)
-            text = self.book.text_numbers(f"{cid}.text", str(claim["claim"]), job=self.main.key)
+            text = cell(
+                self.book.text_numbers(f"{cid}.text", str(claim["claim"]), job=self.main.key)
+            )
             rows.append(f"| {text} | {paper_cell} | {measured} | {spread} | **{verdict}** |")
             self.findings.append(
                 Finding(
@@ -199,7 +206,7 @@ class _Writer:
             if stated is None or any(stated.text in row for row in rows):
                 continue  # one sentence can hold two such claims
             quote = Quote(text=stated.text, page=stated.page)
-            text = self.book.paper_quote(f"not_checkable.{j}", quote)
+            text = cell(self.book.paper_quote(f"not_checkable.{j}", quote))
             rows.append(
                 f"| {text} (p.{quote.page}) | as stated | — | — | **not checkable**: {why} |"
             )
@@ -279,7 +286,9 @@ class _Writer:
                     else self.book.config(f"hp.{row.name}", row.paper, where=row.source)
                 )
             ours = self.book.config(f"ours.{row.name}", row.ours, where="reproduction.args")
-            self.lines.append(f"| {row.description} | {paper_cell} | {ours} | {row.source} |")
+            self.lines.append(
+                f"| {cell(row.description)} | {paper_cell} | {ours} | {cell(row.source)} |"
+            )
         self.lines += ["", "What carries over from this scale:", ""]
         self.lines += [f"- {c}" for c in self.repro.carries_over]
         self.lines += ["", "What does not:", ""]

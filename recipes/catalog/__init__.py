@@ -87,6 +87,9 @@ class Recipe:
     scale: Callable[[Stated], Scaled] | None = None
     # Extra argument sets the Profiler runs, one job each, label -> overrides.
     profile: Mapping[str, Args] = field(default_factory=dict)
+    # Size arguments the Reproducer may halve after a timeout or out-of-memory (ratios
+    # untouched). Empty: such a failure ends the run instead of a blind retry.
+    shrink: tuple[str, ...] = ()
     # The measurements table: (metric key in each variant, column label); empty: all scalars.
     table: tuple[tuple[str, str], ...] = ()
     grid_figure: GridFigure | None = None

@@ -90,6 +90,7 @@ RECIPE = Recipe(
     title="Multi-head Latent Attention",
     script="mla.py",
     scale=scale,
+    shrink=("prompt_len", "steps"),
     table=(
         ("cache_elems_per_token", "cache elements / token"),
         ("cache_bytes_per_token", "cache bytes / token"),
