@@ -67,6 +67,8 @@ def paper_statement(claims: list[Claim], value: float) -> tuple[Claim, str, floa
     for claim in claims:
         for number in numbers_in(claim.text):
             digits = number.rstrip("%")
+            if len(digits.replace(".", "").lstrip("0")) < 2:
+                continue  # "1", "2", "0.5": too common to be sure the paper means this value
             scale = 100.0 if number.endswith("%") else 1.0
             stated = float(digits) / scale
             decimals = len(digits.split(".")[1]) if "." in digits else 0
@@ -202,7 +204,9 @@ class _Writer:
     def _not_checkable_rows(self) -> list[str]:
         rows: list[str] = []
         for j, (pattern, why) in enumerate(self.recipe.not_checkable):
-            stated = next((c for c in self.digest.claims if re.search(pattern, c.text)), None)
+            stated = next(
+                (c for c in self.digest.claims if re.search(pattern, c.text, re.IGNORECASE)), None
+            )
             if stated is None or any(stated.text in row for row in rows):
                 continue  # one sentence can hold two such claims
             quote = Quote(text=stated.text, page=stated.page)
