@@ -23,11 +23,12 @@ from recipes.catalog import CATALOG, Args
 from reprodesk.schemas import Digest, Job, Outcome, Reproduction, RunState, ScaleRow
 
 
-def _stated(found: Digest) -> dict[str, tuple[float, str]]:
+def _stated(found: Digest, page_unit: str = "page") -> dict[str, tuple[float, str]]:
     """The paper's values with their pages, first statement wins (as the Reader found them)."""
+    at = "s." if page_unit == "section" else "p."
     out: dict[str, tuple[float, str]] = {}
     for h in found.hyperparameters:
-        out.setdefault(h.name, (h.value, f"paper p.{h.quote.page}"))
+        out.setdefault(h.name, (h.value, f"paper {at}{h.quote.page}"))
     return out
 
 
@@ -61,7 +62,7 @@ def make_reproducer(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
         previous = state.reproduction
         if previous is None:
             assert recipe.scale is not None  # the Reader targets only scalable recipes
-            scaled = recipe.scale(_stated(state.digest))
+            scaled = recipe.scale(_stated(state.digest, state.paper.page_unit))
             args = scaled.args
             scale_down = [ScaleRow(**row._asdict()) for row in scaled.rows]
             carries, not_carries = scaled.carries_over, scaled.does_not_carry_over

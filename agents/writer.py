@@ -104,6 +104,8 @@ class _Writer:
         self.lines: list[str] = []
         self.findings: list[Finding] = []
         self.figures: list[Figure] = []
+        # LaTeX sources have no pages: their quote locations are section numbers.
+        self.at = "s." if state.paper.page_unit == "section" else "p."
 
     def measured(
         self, id: str, path: str, unit: str = "", *, record: JobRecord | None = None
@@ -174,7 +176,7 @@ class _Writer:
             stated, as_written, stated_value = match
             quote = Quote(text=stated.text, page=stated.page)
             cell = self.book.paper(f"{cid}.paper", stated_value, unit, quote, as_written)
-            return f"{cell} (stated, p.{stated.page})"
+            return f"{cell} (stated, {self.at}{stated.page})"
         cell = self.book.derived(
             f"{cid}.expected",
             value,
@@ -212,7 +214,7 @@ class _Writer:
             quote = Quote(text=stated.text, page=stated.page)
             text = cell(self.book.paper_quote(f"not_checkable.{j}", quote))
             rows.append(
-                f"| {text} (p.{quote.page}) | as stated | — | — | **not checkable**: {why} |"
+                f"| {text} ({self.at}{quote.page}) | as stated | — | — | **not checkable**: {why} |"
             )
             self.findings.append(
                 Finding(
@@ -224,7 +226,7 @@ class _Writer:
                     metric="none",
                     verdict="not checkable",
                     setup=self.setup,
-                    evidence=f"paper p.{quote.page}; reason: {why}",
+                    evidence=f"paper {self.at}{quote.page}; reason: {why}",
                     gotchas=[why],
                     run_id=self.state.run_id,
                 )
@@ -264,7 +266,8 @@ class _Writer:
         self.lines += ["## The mechanism", "", self.recipe.summary, ""]
         hit = next((m for m in self.digest.mechanisms if m.name == self.recipe.key), None)
         for q in hit.quotes[:2] if hit else []:
-            self.lines += [f"> {self.book.paper_quote('mechanism.quote', q)} (p.{q.page})", ""]
+            quoted = self.book.paper_quote("mechanism.quote", q)
+            self.lines += [f"> {quoted} ({self.at}{q.page})", ""]
 
     def setup_section(self) -> None:
         env = (self.metrics.get("env") or {}) if isinstance(self.metrics.get("env"), dict) else {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from recipes.catalog import CATALOG, Recipe
@@ -23,11 +23,30 @@ _SYMBOLS: tuple[tuple[str, str], ...] = (
     (r"\bdR\s?h\b", "d_h^R"),  # pypdf's rendering of 𝑑𝑅 ℎ
     (r"\bd\s*['′]\s*_?\s*c\b", "d_c'"),  # d′c
     (r"\bd\s*_?\s*\{?\s*c\s*\}?\s*['′]", "d_c'"),  # d_c', d_c′
-    (r"\bd\s*_?\s*\{?\s*c(?:\s*\})?\b(?!')", "d_c"),  # dc, d_c, d_{c}
-    (r"\bd\s*_?\s*\{?\s*h(?:\s*\})?\b(?![\^'])", "d_h"),  # dh, d_h, d_{h}
-    (r"\bn\s*_?\s*\{?\s*h(?:\s*\})?\b", "n_h"),  # nh, n_h
+    (r"\bd\s*_?\s*\{?\s*c(?:\s*\})?(?![\w'′])", "d_c"),  # dc, d_c, d_{c}
+    (r"\bd\s*_?\s*\{?\s*h(?:\s*\})?(?![\w^'′])", "d_h"),  # dh, d_h, d_{h}
+    (r"\bn\s*_?\s*\{?\s*h(?:\s*\})?(?!\w)", "n_h"),  # nh, n_h, n_{h}
 )
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
+_ABBREVIATIONS = (
+    "al",
+    "e.g",
+    "i.e",
+    "etc",
+    "vs",
+    "cf",
+    "Fig",
+    "Figs",
+    "Eq",
+    "Eqs",
+    "Sec",
+    "Tab",
+    "No",
+    "approx",
+    "resp",
+)
+_SENTENCE_END = re.compile(
+    "".join(rf"(?<!\b{re.escape(a)}\.)" for a in _ABBREVIATIONS) + r"(?<=[.!?])\s+(?=[A-Z(\[])"
+)
 _BLOCK = re.compile(r"\n\s*\n|\n\s*(?=[-*•]\s)|\n(?=#)")
 _NUMBER = re.compile(r"(?<![\w.^])\d+(?:[.,]\d+)?(?:\s?%|x\b)?")
 _CLAIM_CUE = re.compile(
@@ -36,6 +55,24 @@ _CLAIM_CUE = re.compile(
     re.IGNORECASE,
 )
 _SETTING = re.compile(r"\bis set to\b|\bwe set\b|\bare set to\b", re.IGNORECASE)
+# Numbers that point somewhere rather than measure: "Section 3", "Table 2", "(2024)".
+_POINTER = re.compile(
+    r"(?:\b(?:sections?|sec\.|tables?|tab\.|figures?|figs?\.|appendix|equations?|eqs?\.|"
+    r"steps?|stages?|lines?|algorithms?|chapters?|versions?|v)\s*\(?)$",
+    re.IGNORECASE,
+)
+_YEAR = re.compile(r"(?:19|20)\d\d")
+# Sections whose sentences are about other work, not this paper's method: they are no
+# evidence of a mechanism, and their numbers are no claims.
+_ELSEWHERE = re.compile(
+    r"^(?:[A-Z]?\d*(?:\.\d+)*\.?\s+)?(?:references|bibliography|related works?|prior work"
+    r"|previous work|background and related work|acknowledge?ments?|author contributions"
+    r"|contributions and acknowledge?ments?)\b",
+    re.IGNORECASE,
+)
+_HEADING_LIKE = re.compile(
+    r"^(?:\d{1,2}(?:\.\d{1,2}){0,3}|[A-H](?:\.\d{1,2}){0,3})\.?\s+[A-Z][^.!?]*$"
+)
 _MAX_COUNT_PER_SIGNATURE = 5  # a term repeated on every page should not dominate
 
 
@@ -50,35 +87,135 @@ def normalise(text: str) -> str:
 
 @dataclass(frozen=True)
 class Sentence:
-    text: str  # case kept, whitespace collapsed, symbols folded
+    text: str  # case kept, whitespace collapsed, symbols folded, line-end hyphens rejoined
     lower: str
-    page: int  # 1-based
+    page: int  # 1-based: a page, or a section index for LaTeX sources (Paper.page_unit)
+    section: str = ""  # the heading it is under, '' for front matter or unsectioned text
+
+    @property
+    def elsewhere(self) -> bool:
+        """Under references, related work or acknowledgements: about other work."""
+        return bool(_ELSEWHERE.match(self.section))
 
 
 def sentences(paper: Paper) -> Iterator[Sentence]:
-    """Sentences page by page; a sentence that spans two pages is split there."""
-    for number, page in enumerate(paper.pages, start=1):
-        for block in _BLOCK.split(normalise(page)):
-            flat = " ".join(block.split()).lstrip("-*• ").strip()
-            if not flat:
-                continue
-            for sentence in _SENTENCE_END.split(flat):
-                sentence = sentence.strip()
+    """Sentences in reading order, each with the page it starts on.
+
+    With sections (PDF, LaTeX, Markdown, HTML) a sentence runs on across line, column
+    and page breaks, and a heading is never part of one: it comes as its own
+    "# heading" sentence, the Markdown way (evidence of a mechanism, never a claim or a
+    quote); without sections, page by page. Words
+    hyphenated at a line end are rejoined ("compres-" + "sion"), compounds keep their
+    hyphen ("key-" + "value") when the paper writes them so elsewhere.
+    """
+    words = _Vocabulary(paper.pages)
+    if paper.sections:
+        parts = [(s.text, s.page, s.heading) for s in paper.sections]
+    else:
+        parts = [(page, number, "") for number, page in enumerate(paper.pages, start=1)]
+    for text, first_page, heading in parts:
+        section = normalise(heading)
+        if section.strip():  # "# heading", as Markdown writes it: it scores, is no claim
+            yield Sentence(f"# {section}", f"# {section}".lower(), first_page, section)
+        for block, page in _blocks(normalise(text), first_page):
+            flat, pages = _join_lines(block, page, words)
+            for start, sentence in _split(flat):
                 if len(sentence) >= 3:
-                    yield Sentence(sentence, sentence.lower(), number)
+                    yield Sentence(sentence, sentence.lower(), pages(start), section)
+
+
+def _blocks(text: str, page: int) -> Iterator[tuple[str, int]]:
+    """Paragraph-like blocks with the page each starts on; \f advances the page."""
+    pos = 0
+    for m in [*_BLOCK.finditer(text), None]:
+        end = m.start() if m else len(text)
+        block = text[pos:end]
+        lead = len(block) - len(block.lstrip("\f\n \t"))
+        yield block[lead:], page + block[:lead].count("\f")
+        page += block.count("\f")
+        if m:
+            page += m.group(0).count("\f")
+            pos = m.end()
+
+
+class _Vocabulary:
+    """The words a paper uses, to rejoin words hyphenated at a line end correctly."""
+
+    def __init__(self, pages: list[str]) -> None:
+        text = normalise("\n".join(pages)).lower()
+        text = re.sub(r"[a-z]+-\n\s*[a-z]+", " ", text)  # fragments of a broken word are no words
+        self.words = set(re.findall(r"[a-z]+", text))
+        self.compounds = set(re.findall(r"[a-z]+(?:-[a-z]+)+", text))
+
+    def join(self, head: str, tail: str) -> str:
+        """How "head-" at a line's end and "tail" on the next line make one word."""
+        last = head.rsplit("-", 1)[-1].lower()
+        if not tail[:1].islower() or not last:  # "DeepSeek-" + "V2": a name's own hyphen
+            return f"{head}-{tail}"
+        first = re.match(r"[a-z]*", tail).group(0)  # type: ignore[union-attr]
+        if (last + first) in self.words:
+            return head + tail
+        if f"{last}-{first}" in self.compounds or "-" in head:
+            return f"{head}-{tail}"
+        if len(last) > 1 and len(first) > 2 and last in self.words and first in self.words:
+            return f"{head}-{tail}"  # two words of the paper: a compound broken at its hyphen
+        return head + tail
+
+
+def _join_lines(block: str, page: int, words: _Vocabulary) -> tuple[str, Callable[[int], int]]:
+    """A block's lines as one line, and the page of any offset in it."""
+    flat = ""
+    marks: list[tuple[int, int]] = [(0, page)]
+    for raw in re.split(r"(\n|\f)", block):
+        if raw == "\f":
+            page += 1
+            marks.append((len(flat), page))
+            continue
+        line = " ".join(raw.split()).lstrip("-*• ").strip() if not flat else " ".join(raw.split())
+        if not line or raw == "\n":
+            continue
+        m = re.search(r"(\w[\w-]*)-$", flat)
+        if m and re.match(r"\w", line):
+            tail = re.match(r"\S+", line).group(0)  # type: ignore[union-attr]
+            joined = words.join(m.group(1), tail)
+            flat = flat[: m.start()] + joined + line[len(tail) :]
+        else:
+            flat = f"{flat} {line}" if flat else line
+    flat = flat.strip()
+
+    def page_at(offset: int) -> int:
+        return next(p for start, p in reversed(marks) if start <= offset)
+
+    return flat, page_at
+
+
+def _split(flat: str) -> Iterator[tuple[int, str]]:
+    pos = 0
+    for m in [*_SENTENCE_END.finditer(flat), None]:
+        end = m.start() if m else len(flat)
+        sentence = flat[pos:end].strip()
+        if sentence:
+            yield pos, sentence
+        pos = m.end() if m else len(flat)
 
 
 def find_mechanisms(all_sentences: list[Sentence], catalog: Iterable[Recipe]) -> list[MechanismHit]:
+    """Catalog mechanisms the paper describes, best first, each with up to 3 quotes.
+
+    Only the paper's own text counts: references and related work name mechanisms
+    that the paper cites, not ones it uses.
+    """
+    evidence = [s for s in all_sentences if not s.elsewhere]
     hits: list[MechanismHit] = []
     for recipe in catalog:
         score = 0.0
         quotes: list[Quote] = []
         for signature in recipe.signatures:
             pattern = re.compile(signature.pattern)
-            matched = [s for s in all_sentences if pattern.search(s.lower)]
+            matched = [s for s in evidence if pattern.search(s.lower)]
             score += signature.weight * min(len(matched), _MAX_COUNT_PER_SIGNATURE)
             for s in matched:
-                if s.text.startswith("#"):
+                if s.text.startswith("#") or _HEADING_LIKE.match(s.text):
                     continue  # a heading scores, but says too little to quote
                 if len(quotes) < 3 and all(q.text != s.text for q in quotes):
                     quotes.append(Quote(text=s.text, page=s.page))
@@ -92,9 +229,10 @@ def find_mechanisms(all_sentences: list[Sentence], catalog: Iterable[Recipe]) ->
 def find_hyperparameters(all_sentences: list[Sentence], recipe: Recipe) -> list[Hyperparameter]:
     """First statement of each hyperparameter wins: definitions precede ablations."""
     found: list[Hyperparameter] = []
+    evidence = [s for s in all_sentences if not s.elsewhere]
     for spec in recipe.hyperparameters:
         patterns = [re.compile(p) for p in spec.patterns]
-        for s in all_sentences:
+        for s in evidence:
             match = next((m for p in patterns if (m := p.search(s.lower))), None)
             if match:
                 value = float(match.group(1))
@@ -107,13 +245,32 @@ def find_hyperparameters(all_sentences: list[Sentence], recipe: Recipe) -> list[
     return found
 
 
+def claim_numbers(text: str) -> list[str]:
+    """The numbers a sentence states as measurements: not section, table or figure
+    numbers, and not years."""
+    numbers: list[str] = []
+    for m in _NUMBER.finditer(text):
+        number = m.group(0).strip()
+        if _POINTER.search(text[max(0, m.start() - 16) : m.start()]):
+            continue
+        if _YEAR.fullmatch(number):
+            continue
+        numbers.append(number)
+    return numbers
+
+
 def find_claims(all_sentences: list[Sentence]) -> list[Claim]:
+    """Sentences of the paper's own text that state a number with a comparison or a gain."""
     claims: list[Claim] = []
     seen: set[str] = set()
     for s in all_sentences:
-        if s.text in seen or _SETTING.search(s.text) or s.text.startswith("#"):
+        if s.text in seen or s.elsewhere or _SETTING.search(s.text):
             continue
-        numbers = [n.strip() for n in _NUMBER.findall(s.text)]
+        if s.text.startswith("#") or _HEADING_LIKE.match(s.text):
+            continue
+        if len(re.findall(r"[A-Za-z]{2,}", s.text)) < 3:
+            continue  # a table cell ("61.5%") or a label says nothing on its own
+        numbers = claim_numbers(s.text)
         if numbers and _CLAIM_CUE.search(s.text):
             seen.add(s.text)
             claims.append(Claim(text=s.text, page=s.page, numbers=numbers))
@@ -126,8 +283,10 @@ def digest(paper: Paper, catalog: dict[str, Recipe] | None = None) -> Digest:
     all_sentences = list(sentences(paper))
     mechanisms = find_mechanisms(all_sentences, catalog.values())
     hyperparameters: list[Hyperparameter] = []
-    for hit in mechanisms:
-        hyperparameters.extend(find_hyperparameters(all_sentences, catalog[hit.name]))
+    for hit in mechanisms:  # two recipes may read the same value (d_model): list it once
+        for found in find_hyperparameters(all_sentences, catalog[hit.name]):
+            if all(h.name != found.name for h in hyperparameters):
+                hyperparameters.append(found)
     return Digest(
         title=paper.title,
         mechanisms=mechanisms,

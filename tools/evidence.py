@@ -19,7 +19,7 @@ NUMBER = re.compile(r"(?<![\w.^])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?%?")
 _FENCED = re.compile(r"```.*?```", re.DOTALL)
 _INLINE = re.compile(r"`[^`\n]*`")
 _LINK_TARGET = re.compile(r"\]\([^)]*\)")
-_PAGE_REF = re.compile(r"\bpp?\.\s?\d+(?:[-–]\d+)?")
+_PAGE_REF = re.compile(r"\b(?:pp?|s)\.\s?\d+(?:[-–]\d+)?")  # p.3, pp.3-4, s.2 (TeX section)
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 
 
