@@ -143,7 +143,11 @@ class _Writer:
             path = f"claims.{i}.measured_value"
             measured = self.measured(f"{cid}.measured", path, unit)
             paper_value = float(claim["paper_value"])
-            paper_cell = self._paper_cell(cid, paper_value, unit)
+            if claim.get("reference") == "baseline":  # a value this run measured, not cited
+                base = self.measured(f"{cid}.baseline", f"claims.{i}.paper_value", unit)
+                paper_cell = f"{base} (measured baseline)"
+            else:
+                paper_cell = self._paper_cell(cid, paper_value, unit)
             spread = self._spread(cid, i, unit, spread_runs)
             text = cell(
                 self.book.text_numbers(f"{cid}.text", str(claim["claim"]), job=self.main.key)
