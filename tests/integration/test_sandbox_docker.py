@@ -1,0 +1,460 @@
+"""Real jobs in real containers. Each test attacks one property of the Docker sandbox.
+
+Needs an engine and the test image that `scripts/docker-engine.sh` builds (CI runs it
+first); skipped, with the reason, when either is missing. After every test a plain job
+must still run, and no container of ours may be left. The only network traffic is to a
+server these tests run on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+
+from reprodesk.schemas import Job, Limits, RunResult
+from sandbox.container import LABEL, OWNER_LABEL, DockerSandbox, docker_available
+
+TEST_IMAGE = os.environ.get("REPRODESK_DOCKER_IMAGE", "reprodesk-sandbox:test")
+"""The tag scripts/docker-engine.sh builds."""
+FAST = Limits(wall_s=30, memory_mb=1024, output_bytes=64_000)
+ALIVE = "import json\nprint(json.dumps({'alive': True}))\n"
+
+
+@pytest.fixture(scope="module")
+def docker_box(tmp_path_factory: pytest.TempPathFactory) -> DockerSandbox:
+    works, why = docker_available(TEST_IMAGE)
+    if not works:
+        pytest.skip(f"no Docker sandbox here ({why}); run `bash scripts/docker-engine.sh`")
+    return DockerSandbox(tmp_path_factory.mktemp("docker-jobs"), image=TEST_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def copy_box(docker_box: DockerSandbox, tmp_path_factory: pytest.TempPathFactory) -> DockerSandbox:
+    """The remote-engine path (files through volumes), on the local engine."""
+    return DockerSandbox(
+        tmp_path_factory.mktemp("docker-copy-jobs"), image=TEST_IMAGE, transfer="copy"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _next_job_runs_and_nothing_is_left(docker_box: DockerSandbox) -> Iterator[None]:
+    yield
+    assert docker_box.leftovers() == []
+    after = run(docker_box, ALIVE)
+    assert after.status == "ok" and after.metrics == {"alive": True}, after.stderr
+    assert docker_box.leftovers() == []
+
+
+def run(box: DockerSandbox, code: str, *args: str, limits: Limits = FAST) -> RunResult:
+    return box.run(Job(files={"main.py": code}, argv=["python", "main.py", *args], limits=limits))
+
+
+def report(result: RunResult) -> dict[str, Any]:
+    """The job's own report: its metrics line, which each attack prints."""
+    assert result.metrics is not None, (result.status, result.message, result.stderr[-2000:])
+    return result.metrics
+
+
+def test_trivial_job_is_ok_with_metrics_and_artifacts(docker_box: DockerSandbox) -> None:
+    code = (
+        "import json\n"
+        "print('hi')\n"
+        "open('out/result.txt', 'w').write('42')\n"
+        "print(json.dumps({'answer': 42}))\n"
+    )
+    result = run(docker_box, code)
+    assert result.status == "ok", (result.message, result.stderr)
+    assert result.exit_code == 0
+    assert result.metrics == {"answer": 42}
+    assert result.backend == "docker" and result.environment["backend"] == "docker"
+    assert result.environment["image"] == TEST_IMAGE
+    assert Path(result.artifacts["out/result.txt"]).read_text() == "42"
+    assert result.stdout.startswith("hi\n")
+
+
+def test_failing_job_is_an_error_with_the_exception(docker_box: DockerSandbox) -> None:
+    result = run(docker_box, "1 / 0\n")
+    assert result.status == "error"
+    assert result.exit_code == 1
+    assert "ZeroDivisionError" in result.message
+
+
+@pytest.mark.slow
+def test_torch_imports_and_a_matmul_runs(docker_box: DockerSandbox) -> None:
+    code = (
+        "import json, time\n"
+        "t0 = time.perf_counter()\n"
+        "import torch\n"
+        "t1 = time.perf_counter()\n"
+        "a = torch.ones(64, 32)  # (64, 32)\n"
+        "b = torch.ones(32, 16)  # (32, 16)\n"
+        "c = a @ b               # (64, 16), every entry 32\n"
+        "print(json.dumps({'torch': torch.__version__, 'sum': c.sum().item(),\n"
+        "                  'import_s': t1 - t0, 'threads': torch.get_num_threads()}))\n"
+    )
+    started = time.monotonic()
+    result = run(docker_box, code, limits=Limits(wall_s=60))
+    elapsed = time.monotonic() - started
+    got = report(result)
+    assert result.status == "ok", result.stderr
+    assert got["sum"] == 64 * 16 * 32
+    assert str(got["torch"]).startswith("2.")
+    assert result.peak_memory_mb is not None and result.peak_memory_mb > 20
+    print(
+        f"torch job: {elapsed:.2f} s end to end, {result.duration_s:.2f} s in the container, "
+        f"torch import {got['import_s']:.2f} s, peak {result.peak_memory_mb} MB"
+    )
+
+
+def test_infinite_loop_times_out_and_the_container_is_gone(docker_box: DockerSandbox) -> None:
+    code = "import os\nos.fork()\nwhile True:\n    pass\n"  # two spinning processes
+    started = time.monotonic()
+    result = run(docker_box, code, limits=Limits(wall_s=2))
+    assert result.status == "timeout", (result.status, result.message)
+    assert 2 <= time.monotonic() - started < 8
+    assert 2 <= result.duration_s < 6
+    ours = docker_box.client.api.containers(all=True, filters={"label": LABEL})
+    mine = [c for c in ours if c["Labels"].get(OWNER_LABEL) == docker_box.settings.owner]
+    assert mine == []
+
+
+def test_memory_bomb_is_oom(docker_box: DockerSandbox) -> None:
+    code = "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 2**20))\n"
+    result = run(docker_box, code, limits=Limits(wall_s=30, memory_mb=256))
+    assert result.status == "oom", (result.status, result.message, result.stderr[-500:])
+    assert result.exit_code == -9  # the kernel's OOM killer: SIGKILL
+
+
+def test_fork_bomb_is_contained(docker_box: DockerSandbox) -> None:
+    code = (
+        "import json, os, time\n"
+        "forked = 0\n"
+        "try:\n"
+        "    for _ in range(1000):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30)\n"
+        "            os._exit(0)\n"
+        "        forked += 1\n"
+        "except OSError as err:\n"
+        "    print(json.dumps({'forked': forked, 'error': err.strerror}))\n"
+    )
+    result = run(docker_box, code, limits=Limits(wall_s=20, processes=32))
+    got = report(result)
+    assert result.status == "ok", (result.status, result.message)
+    assert 5 <= got["forked"] < 32  # pids limit: the job's processes and threads together
+    assert got["error"] == "Resource temporarily unavailable"
+    assert result.duration_s < 10  # the sleeping children died with the container's init
+
+
+def test_network_shows_only_lo_and_cannot_reach_the_host(docker_box: DockerSandbox) -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.3)
+    try:
+        port = server.getsockname()[1]
+        code = (
+            "import json, socket, sys\n"
+            "lines = open('/proc/net/dev').read().splitlines()[2:]\n"
+            "ifaces = sorted(line.split(':')[0].strip() for line in lines)\n"
+            "try:\n"
+            "    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)\n"
+            "    outcome = 'connected'\n"
+            "except OSError as err:\n"
+            "    outcome = type(err).__name__\n"
+            "print(json.dumps({'ifaces': ifaces, 'connect': outcome}))\n"
+        )
+        got = report(run(docker_box, code, str(port)))
+        assert got["ifaces"] in (["lo"], [])
+        assert got["connect"] == "ConnectionRefusedError"  # the container's own loopback
+        with pytest.raises(TimeoutError):
+            server.accept()  # nothing reached the host's listener
+    finally:
+        server.close()
+
+
+def test_system_dirs_and_the_job_source_are_read_only(docker_box: DockerSandbox) -> None:
+    code = (
+        "import json, os\n"
+        "res = {}\n"
+        "for path in ['/etc/passwd', '/etc/evil.conf', '/usr/lib/evil.so', '/evil',\n"
+        "             '/opt/venv/bin/python', '/job/main.py', '/job/new.py',\n"
+        "             '/var/tmp/evil']:  # 1777 in the image: only the read-only root stops it\n"
+        "    existed = os.path.exists(path)\n"
+        "    try:\n"
+        "        open(path, 'a').close()  # opening for writing is the breach; write nothing\n"
+        "        res[path] = 'writable'\n"
+        "        if not existed:\n"
+        "            os.unlink(path)\n"
+        "    except OSError as err:\n"
+        "        res[path] = err.strerror\n"
+        "open('/tmp/scratch', 'w').write('tmp is fine')\n"
+        "print(json.dumps(res))\n"
+    )
+    result = run(docker_box, code)
+    got = report(result)
+    assert result.status == "ok", result.stderr
+    for path, outcome in got.items():
+        assert outcome in ("Read-only file system", "Permission denied"), (path, outcome)
+    assert got["/var/tmp/evil"] == "Read-only file system"
+
+
+def test_writes_cannot_escape_through_symlinks_or_dotdot(
+    docker_box: DockerSandbox, tmp_path: Path
+) -> None:
+    host_dir = tmp_path / "host-target"
+    host_dir.mkdir()
+    os.chmod(host_dir, 0o777)  # were the path reachable, permissions would not stop the job
+    code = (
+        "import json, os, sys\n"
+        "os.symlink('..', 'out/up')\n"
+        "os.symlink('/', 'out/root')\n"
+        "os.symlink(sys.argv[1], 'out/host')\n"
+        "os.symlink('/etc/hostname', 'out/leak')\n"
+        "res = {}\n"
+        "targets = {'dotdot': '../escaped-1', 'out_dotdot': 'out/../../escaped-2',\n"
+        "           'up': 'out/up/escaped-3', 'root': 'out/root/escaped-4',\n"
+        "           'host': sys.argv[1] + '/escaped-5', 'out_host': 'out/host/escaped-6'}\n"
+        "for name, path in targets.items():\n"
+        "    try:\n"
+        "        with open(path, 'w') as fh:\n"
+        "            fh.write('x')\n"
+        "        res[name] = 'written'\n"
+        "    except OSError as err:\n"
+        "        res[name] = err.strerror\n"
+        "print(json.dumps(res))\n"
+    )
+    result = run(docker_box, code, str(host_dir))
+    got = report(result)
+    assert all(outcome != "written" for outcome in got.values()), got
+    job_root = Path(result.artifacts["stdout.log"]).parent
+    assert not list(job_root.parent.rglob("escaped-*"))
+    assert not list(tmp_path.rglob("escaped-*"))
+    assert not {"out/up", "out/root", "out/host", "out/leak"} & set(result.artifacts)
+
+
+def test_megabyte_of_stdout_is_cut_to_head_and_tail(docker_box: DockerSandbox) -> None:
+    code = (
+        "import json, sys\n"
+        "print('HEAD-OF-OUTPUT')\n"
+        "for i in range(16_000):\n"
+        "    sys.stdout.write(f'filler line {i:06d} ' + 'x' * 50 + '\\n')\n"
+        "print('TAIL-OF-OUTPUT')\n"
+        "print(json.dumps({'done': True}))\n"
+    )
+    result = run(docker_box, code, limits=Limits(wall_s=30, output_bytes=20_000))
+    assert result.status == "ok"
+    assert result.truncated
+    assert result.stdout.startswith("HEAD-OF-OUTPUT\n")
+    assert "TAIL-OF-OUTPUT" in result.stdout[-200:]
+    assert "... [truncated " in result.stdout
+    assert len(result.stdout.encode()) < 20_000 + 100
+    assert result.metrics == {"done": True}  # the tail holds the metrics line
+    assert Path(result.artifacts["stdout.log"]).stat().st_size > 1_000_000
+
+
+def test_host_secret_env_var_is_not_visible(
+    docker_box: DockerSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-host-secret-123")
+    code = (
+        "import json, os\n"
+        "environ = open('/proc/self/environ', 'rb').read().decode()\n"
+        "init = open('/proc/1/environ', 'rb').read().decode() if os.access('/proc/1/environ',"
+        " os.R_OK) else ''\n"
+        "print(json.dumps({'key': os.environ.get('OPENAI_API_KEY'),\n"
+        "                  'leaked': 'sk-host-secret' in environ + init,\n"
+        "                  'names': sorted(os.environ)}))\n"
+    )
+    got = report(run(docker_box, code))
+    assert got["key"] is None
+    assert got["leaked"] is False
+    assert "OPENAI_API_KEY" not in got["names"]
+
+
+def test_host_home_is_not_visible(docker_box: DockerSandbox) -> None:
+    """Nothing of the home: every file the job sees is the image, a kernel fs or a known bind."""
+    home = str(Path.home())
+    entries = [os.path.join(home, name) for name in sorted(os.listdir(home))]
+    code = (
+        "import json, os, sys\n"
+        "mounts = []\n"
+        "for line in open('/proc/self/mountinfo'):\n"
+        "    left, right = line.split(' - ')\n"
+        "    fields = left.split()\n"
+        "    mounts.append({'root': fields[3], 'at': fields[4], 'fs': right.split()[0]})\n"
+        "seen = [p for p in json.loads(sys.argv[1]) if os.path.lexists(p)]\n"
+        "print(json.dumps({'mounts': mounts, 'seen': seen}))\n"
+    )
+    result = run(docker_box, code, json.dumps(entries))
+    got = report(result)
+    assert entries and got["seen"] == []
+    job_dir = str(Path(result.artifacts["stdout.log"]).parent / "job")
+    engine_files = {"/usr/sbin/docker-init", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"}
+    kernel_fs = {"overlay", "proc", "tmpfs", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2"}
+    for mount in got["mounts"]:
+        assert not mount["root"].startswith(home.rstrip("/") + "/"), mount
+        if mount["fs"] in kernel_fs:
+            continue
+        # A bind from the host: the job dir, or what the engine adds (init, hosts files).
+        assert mount["root"].startswith(job_dir) or mount["at"] in engine_files, mount
+
+
+def test_runs_as_nobody_without_capabilities(docker_box: DockerSandbox) -> None:
+    code = (
+        "import json, os\n"
+        "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+        "print(json.dumps({'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(),\n"
+        "    'groups': os.getgroups(), 'nnp': status['NoNewPrivs'].strip(),\n"
+        "    'seccomp': status['Seccomp'].strip(),\n"
+        "    'caps': [status[k].strip() for k in ('CapPrm', 'CapEff', 'CapBnd', 'CapAmb')]}))\n"
+    )
+    got = report(run(docker_box, code))
+    assert (got["uid"], got["euid"], got["gid"]) == (65534, 65534, 65534)
+    assert set(got["groups"]) <= {65534}
+    assert got["caps"] == ["0000000000000000"] * 4
+    assert got["nnp"] == "1"
+    assert got["seccomp"] == "2"  # filter mode: Docker's default profile
+
+
+def test_file_size_limit_stops_a_disk_filler(docker_box: DockerSandbox) -> None:
+    code = (
+        "with open('out/big.bin', 'wb') as fh:\n"
+        "    for _ in range(64):\n"
+        "        fh.write(b'x' * 2**20)\n"
+    )
+    result = run(docker_box, code, limits=Limits(wall_s=30, file_size_mb=2))
+    assert result.status == "error", (result.status, result.message)
+    assert "File too large" in result.message
+    assert Path(result.artifacts["out/big.bin"]).stat().st_size <= 2 * 2**20
+
+
+def test_gpu_job_is_refused_by_an_engine_without_gpus(docker_box: DockerSandbox) -> None:
+    if "nvidia" in docker_box.client.info().get("Runtimes", {}):
+        pytest.skip("this engine has the NVIDIA runtime")
+    job = Job(files={"main.py": "print(1)"}, argv=["python", "main.py"], gpu=True)
+    result = docker_box.run(job)
+    assert result.status == "refused", (result.status, result.message)
+    assert result.message.startswith("job asks for a GPU but this machine has none")
+
+
+def test_leftovers_of_a_dead_owner_are_removed_at_start(
+    docker_box: DockerSandbox, tmp_path: Path
+) -> None:
+    dead = f"{socket.gethostname()}:999999999:1"
+    alive_elsewhere = "some-other-host:1:1"
+    made = [
+        docker_box.client.containers.create(
+            TEST_IMAGE, ["true"], labels={LABEL: "job", OWNER_LABEL: owner}, network_mode="none"
+        ).id
+        for owner in (dead, alive_elsewhere)
+    ]
+    try:
+        DockerSandbox(tmp_path, image=TEST_IMAGE)
+        left = {c["Id"] for c in docker_box.client.api.containers(all=True)}
+        assert made[0] not in left  # its owner is dead: swept
+        assert made[1] in left  # another host's: not ours to judge
+    finally:
+        for container_id in made:
+            with contextlib.suppress(docker.errors.NotFound):
+                docker_box.client.api.remove_container(container_id, force=True)
+
+
+# --------------------------------------------------------------------------- copy transfer
+
+
+def test_copy_transfer_runs_with_artifacts_and_a_read_only_source(copy_box: DockerSandbox) -> None:
+    code = (
+        "import json, os\n"
+        "os.makedirs('out/sub')\n"
+        "open('out/sub/result.txt', 'w').write('42')\n"
+        "os.symlink('/etc/passwd', 'out/leak')\n"
+        "try:\n"
+        "    open('main.py', 'a').close()\n"
+        "    source = 'writable'\n"
+        "except OSError as err:\n"
+        "    source = err.strerror\n"
+        "print(json.dumps({'source': source, 'uid': os.getuid()}))\n"
+    )
+    job = Job(files={"main.py": code, "lib/helper.py": "X = 1\n"}, argv=["python", "main.py"])
+    result = copy_box.run(job)
+    got = report(result)
+    assert result.status == "ok", result.stderr
+    assert got["source"] in ("Read-only file system", "Permission denied")
+    assert got["uid"] == 65534
+    assert Path(result.artifacts["out/sub/result.txt"]).read_text() == "42"
+    assert "out/leak" not in result.artifacts
+    assert copy_box.environment["transfer"] == "copy"
+
+
+def test_copy_transfer_timeout_leaves_no_container_or_volume(copy_box: DockerSandbox) -> None:
+    result = run(copy_box, "while True:\n    pass\n", limits=Limits(wall_s=1))
+    assert result.status == "timeout"
+    assert copy_box.leftovers() == []
+    owned = f"{OWNER_LABEL}={copy_box.settings.owner}"
+    volumes = copy_box.client.api.volumes(filters={"label": owned}).get("Volumes") or []
+    assert volumes == []
+
+
+def test_result_round_trips_as_json(docker_box: DockerSandbox) -> None:
+    result = run(docker_box, ALIVE)
+    assert json.loads(result.model_dump_json())["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- gVisor
+
+
+@pytest.fixture(scope="module")
+def gvisor_box(
+    docker_box: DockerSandbox, tmp_path_factory: pytest.TempPathFactory
+) -> DockerSandbox:
+    runtimes = docker_box.client.info().get("Runtimes") or {}
+    if "runsc" not in runtimes:
+        pytest.skip(f"the engine has no runsc (gVisor) runtime; it has {sorted(runtimes)}")
+    return DockerSandbox(tmp_path_factory.mktemp("gvisor-jobs"), image=TEST_IMAGE, runtime="runsc")
+
+
+@pytest.mark.slow
+def test_gvisor_runs_the_job_on_its_own_kernel(gvisor_box: DockerSandbox, tmp_path: Path) -> None:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.3)
+    code = (
+        "import json, os, socket, sys, torch\n"
+        "open('out/result.txt', 'w').write('42')\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)\n"
+        "    outcome = 'connected'\n"
+        "except OSError as err:\n"
+        "    outcome = type(err).__name__\n"
+        "print(json.dumps({'kernel': os.uname().release, 'uid': os.getuid(), 'connect': outcome,\n"
+        "                  'sum': torch.ones(3, 3).sum().item()}))\n"
+    )
+    try:
+        result = run(gvisor_box, code, str(server.getsockname()[1]), limits=Limits(wall_s=90))
+        got = report(result)
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+    assert result.status == "ok", result.stderr
+    assert got["kernel"] != os.uname().release  # gVisor's Sentry answers, not the host kernel
+    assert (got["uid"], got["sum"], got["connect"]) == (65534, 9.0, "ConnectionRefusedError")
+    assert Path(result.artifacts["out/result.txt"]).read_text() == "42"
+    assert result.environment["runtime"] == "runsc"
+
+
+def test_gvisor_timeout_kills_and_removes(gvisor_box: DockerSandbox) -> None:
+    result = run(gvisor_box, "while True:\n    pass\n", limits=Limits(wall_s=2))
+    assert result.status == "timeout"
+    assert gvisor_box.leftovers() == []
