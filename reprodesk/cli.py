@@ -11,6 +11,7 @@ failed reproduction, or rejected at a gate).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -48,6 +49,9 @@ app = typer.Typer(
 )
 findings_app = typer.Typer(help="Query the findings memory.", no_args_is_help=True)
 app.add_typer(findings_app, name="findings")
+from reprodesk.cli_sandbox import sandbox_app  # noqa: E402
+
+app.add_typer(sandbox_app, name="sandbox")
 
 
 @dataclass
@@ -115,6 +119,13 @@ class _App:
         )
         self.checkpointer = open_checkpointer(self.home / "runs.sqlite")
         self.graph = build_graph(self.deps, self.checkpointer)
+        # A warm worker is a process of ours: stop it when the command ends.
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        close = getattr(self.deps.sandbox, "close", None)
+        if callable(close):
+            close()
 
     def store(self) -> Any:
         if self._store is None:
@@ -265,7 +276,10 @@ def _write_trace(app_: _App, run_id: str, folder: Path) -> None:
 @app.command()
 def run(
     source: Annotated[
-        str, typer.Argument(help="Paper: a local .pdf/.md/.txt/.tex, file:// or http(s):// URL.")
+        str,
+        typer.Argument(
+            help="Paper: arXiv id or URL, PDF/HTML URL, or local .pdf .md .txt .tex .tar.gz."
+        ),
     ],
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Approve every gate without asking.")
@@ -279,7 +293,12 @@ def run(
     ] = None,
     sandbox: Annotated[
         str | None,
-        typer.Option("--sandbox", help="auto, bwrap or subprocess (unisolated).", metavar="NAME"),
+        typer.Option(
+            "--sandbox",
+            help="auto (docker if its image is built, else bwrap-warm), bwrap-warm, bwrap, "
+            "docker, or subprocess (unisolated).",
+            metavar="NAME",
+        ),
     ] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Fetch URLs again.")] = False,
 ) -> None:
@@ -292,8 +311,9 @@ def run(
 
     if llm is not None and llm not in ("offline", "auto", "openai"):
         raise UserError(f"--llm '{llm}': expected offline, auto or openai")
-    if sandbox is not None and sandbox not in ("auto", "bwrap", "subprocess", "docker"):
-        raise UserError(f"--sandbox '{sandbox}': expected auto, bwrap, subprocess or docker")
+    backends = ("auto", "bwrap-warm", "bwrap", "subprocess", "docker")
+    if sandbox is not None and sandbox not in backends:
+        raise UserError(f"--sandbox '{sandbox}': expected one of {', '.join(backends)}")
     settings = _settings(llm=llm, sandbox=sandbox)
     _check_llm(settings)
     if run_id is not None and not _RUN_ID.match(run_id):
@@ -443,33 +463,57 @@ def findings_search(
 
 @app.command()
 def read(
-    source: Annotated[str, typer.Argument(help="Paper: path, file:// or http(s):// URL.")],
+    source: Annotated[
+        str, typer.Argument(help="Paper: arXiv id or URL, PDF/HTML URL, or local file.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="Fetch URLs again.")] = False,
 ) -> None:
-    """Run the Reader alone: mechanisms, hyperparameters and claims, with pages."""
+    """Run the Reader alone: mechanisms, hyperparameters and claims, with pages.
+
+    SOURCE may also be an arXiv id or URL (2405.04434, arxiv:2405.04434v2,
+    https://arxiv.org/abs/2405.04434): metadata from the arXiv API, text from the
+    LaTeX source when there is one. LaTeX has no pages: its numbers are sections (s.N).
+    """
+    from rich.text import Text
+
     from tools.digest import digest
     from tools.paper import load_paper
 
     settings = _settings()
-    found = digest(load_paper(source, cache_dir=settings.home_dir / "cache", refresh=refresh))
+    paper = load_paper(source, cache_dir=settings.home_dir / "cache", refresh=refresh)
+    found = digest(paper)
     if as_json:
-        print(found.model_dump_json(indent=2))
+        about = paper.model_dump(
+            mode="json",
+            include={"source", "kind", "title", "authors", "date", "arxiv_id", "page_unit"},
+        )
+        about["pages"] = len(paper.pages)
+        about["sections"] = [{"heading": s.heading, "page": s.page} for s in paper.sections]
+        about["notes"] = paper.notes
+        print(json.dumps({**found.model_dump(mode="json"), "paper": about}, indent=2))
         return
-    out.print(f"[bold]{found.title}[/bold]", highlight=False)
+    at, where = ("s.", "section") if paper.page_unit == "section" else ("p.", "page")
+    # Paper text is untrusted: Text() keeps "[...]" in it from being read as rich markup.
+    out.print(Text(found.title, style="bold"))
+    authors = ", ".join(paper.authors[:6]) + (" et al." if len(paper.authors) > 6 else "")
+    facts = [authors, paper.date, f"arXiv:{paper.arxiv_id}" if paper.arxiv_id else ""]
+    facts.append(f"{paper.kind}, {len(paper.pages)} {where}s")
+    out.print(Text(" · ".join(f for f in facts if f)))
+    for note in paper.notes:
+        err.print(Text(f"note: {note}"))
     t = Table("mechanism", "score", "evidence")
     for m in found.mechanisms:
-        t.add_row(
-            m.title, f"{m.score:.1f}", "; ".join(f"p.{q.page}: {q.text[:70]}" for q in m.quotes[:2])
-        )
+        quotes = "; ".join(f"{at}{q.page}: {q.text[:70]}" for q in m.quotes[:2])
+        t.add_row(Text(m.title), f"{m.score:.1f}", Text(quotes))
     out.print(t)
-    t = Table("hyperparameter", "value", "page", "quote")
+    t = Table("hyperparameter", "value", where, "quote")
     for h in found.hyperparameters:
-        t.add_row(h.name, f"{h.value:g}", str(h.quote.page), h.quote.text[:80])
+        t.add_row(h.name, f"{h.value:g}", str(h.quote.page), Text(h.quote.text[:80]))
     out.print(t)
-    t = Table("page", "claim")
+    t = Table(where, "claim")
     for c in found.claims:
-        t.add_row(str(c.page), c.text)
+        t.add_row(str(c.page), Text(c.text))
     out.print(t)
 
 

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint.")
     llm_api_key: SecretStr | None = Field(default=None, description="Never enters a sandbox.")
     llm_model: str = "deepseek-chat"
-    sandbox: Literal["auto", "bwrap", "subprocess", "docker"] = Field(
+    sandbox: Literal["auto", "bwrap-warm", "bwrap", "subprocess", "docker"] = Field(
         default="auto", description="auto picks the strongest backend that works here."
     )
     chroma_url: str | None = Field(

@@ -1,8 +1,10 @@
 """Sandboxes for untrusted experiment code: `Sandbox.run(job) -> RunResult`.
 
-Backends, strongest first: Docker (not available yet), bubblewrap (`BubblewrapSandbox`,
-the default), plain subprocess (`SubprocessSandbox`, unisolated, explicit opt-in only).
-`make_sandbox` picks one by name; `backend_report` says which work on this machine.
+Backends, strongest first: Docker (`DockerSandbox`: an engine and the sandbox image,
+local or through `DOCKER_HOST`), bubblewrap (`BubblewrapSandbox`; `WarmWorkerSandbox`
+keeps one bubblewrap worker with torch imported and forks each job), plain subprocess
+(`SubprocessSandbox`, unisolated, explicit opt-in only). `make_sandbox` picks one by
+name; `backend_report` says which work on this machine.
 """
 
 from __future__ import annotations
@@ -14,21 +16,21 @@ from pathlib import Path
 from reprodesk.schemas import Job, Limits, UserError
 from sandbox.base import Sandbox
 from sandbox.bwrap import BubblewrapSandbox
+from sandbox.container import DEFAULT_IMAGE, DockerSandbox, docker_available
 from sandbox.local import SubprocessSandbox
+from sandbox.worker import WarmWorkerSandbox
 
 __all__ = [
     "BubblewrapSandbox",
+    "DockerSandbox",
     "Sandbox",
     "SubprocessSandbox",
+    "WarmWorkerSandbox",
     "backend_report",
     "make_sandbox",
 ]
 
-BACKENDS = ("auto", "bwrap", "subprocess", "docker")
-DOCKER_NOT_YET = (
-    "sandbox backend 'docker' is not available yet: use 'bwrap' (the default, via 'auto'), "
-    "or 'subprocess' to run jobs unisolated"
-)
+BACKENDS = ("auto", "bwrap-warm", "bwrap", "subprocess", "docker")
 
 
 @functools.cache
@@ -49,27 +51,41 @@ def _bwrap_works() -> tuple[bool, str]:
     return False, f"bubblewrap {box.version} cannot start a sandbox here: {detail[0]}"
 
 
-def backend_report() -> list[tuple[str, bool, str]]:
+def backend_report(image: str = DEFAULT_IMAGE) -> list[tuple[str, bool, str]]:
     """(backend, works here?, why or why not) for `reprodesk doctor`."""
+    docker_works, docker_why = docker_available(image)
     works, why = _bwrap_works()
     return [
-        ("docker", False, "not available yet"),
+        ("docker", docker_works, docker_why),
         ("bwrap", works, why),
+        (
+            "bwrap-warm",
+            works,
+            "one bwrap worker per run with torch imported; each job a fresh forked child"
+            if works
+            else why,
+        ),
         ("subprocess", True, "always runs, but UNISOLATED: only by explicit opt-in"),
     ]
 
 
-def make_sandbox(name: str, work_root: Path) -> Sandbox:
+def make_sandbox(name: str, work_root: Path, *, image: str = DEFAULT_IMAGE) -> Sandbox:
     """The backend called `name`; job dirs go under `work_root`.
 
-    "auto" is bwrap when it works here and otherwise an error: it never falls back to
-    the unisolated subprocess backend on its own.
+    "auto" is Docker when an engine answers and has the sandbox image (someone set it
+    up on purpose: `reprodesk sandbox build`), else the warm bwrap worker when bwrap
+    works here, else an error: it never falls back to the unisolated subprocess backend
+    on its own. A warm worker should be closed by its owner (`close()`); it also dies
+    with the process.
+    "docker" raises a UserError saying why when the engine or the image is missing.
     """
     if name == "docker":
-        raise UserError(DOCKER_NOT_YET)
+        return DockerSandbox(work_root, image=image)
+    if name == "auto" and docker_available(image)[0]:
+        return DockerSandbox(work_root, image=image)
     if name == "subprocess":
         return SubprocessSandbox(work_root)
-    if name in ("auto", "bwrap"):
+    if name in ("auto", "bwrap", "bwrap-warm"):
         works, why = _bwrap_works()
         if not works:
             lead = (
@@ -81,5 +97,7 @@ def make_sandbox(name: str, work_root: Path) -> Sandbox:
                 f"{lead} (bwrap: {why}); to run jobs UNISOLATED anyway, choose the sandbox "
                 "backend 'subprocess' explicitly"
             )
-        return BubblewrapSandbox(work_root)
+        if name == "bwrap":
+            return BubblewrapSandbox(work_root)
+        return WarmWorkerSandbox(work_root)
     raise UserError(f"unknown sandbox backend {name!r}: choose one of {', '.join(BACKENDS)}")

@@ -250,13 +250,13 @@ def test_job_env_is_an_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- factory
 
 
-def test_docker_backend_is_not_available_yet(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="sandbox backend 'docker' is not available yet"):
-        make_sandbox("docker", tmp_path)
+def test_docker_backend_without_the_image_says_how_to_build_it(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"Docker engine|sandbox image"):
+        make_sandbox("docker", tmp_path, image="reprodesk-sandbox:no-such-tag")
 
 
 def test_unknown_backend_names_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="auto, bwrap, subprocess, docker"):
+    with pytest.raises(UserError, match="auto, bwrap-warm, bwrap, subprocess, docker"):
         make_sandbox("firejail", tmp_path)
 
 
