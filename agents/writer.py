@@ -116,6 +116,10 @@ class _Writer:
             id, value, unit, job=record.key, metric=path, percent=unit == "ratio"
         )
 
+    def catalog(self, id: str, text: str) -> str:
+        """Catalog prose (gotchas, labels, the finance angle): its numbers cite the catalog."""
+        return self.book.text_numbers(f"catalog.{self.recipe.key}.{id}", text, job="", catalog=True)
+
     @property
     def setup(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.repro.args.items())
@@ -267,7 +271,7 @@ class _Writer:
         self.lines.append("")
 
     def mechanism(self) -> None:
-        self.lines += ["## The mechanism", "", self.recipe.summary, ""]
+        self.lines += ["## The mechanism", "", self.catalog("summary", self.recipe.summary), ""]
         hit = next((m for m in self.digest.mechanisms if m.name == self.recipe.key), None)
         for q in hit.quotes[:2] if hit else []:
             quoted = self.book.paper_quote("mechanism.quote", q)
@@ -298,12 +302,15 @@ class _Writer:
                 )
             ours = self.book.config(f"ours.{row.name}", row.ours, where="reproduction.args")
             self.lines.append(
-                f"| {cell(row.description)} | {paper_cell} | {ours} | {cell(row.source)} |"
+                f"| {cell(self.catalog(f'row.{row.name}', row.description))} | {paper_cell} "
+                f"| {ours} | {cell(row.source)} |"
             )
         self.lines += ["", "What carries over from this scale:", ""]
-        self.lines += [f"- {c}" for c in self.repro.carries_over]
+        self.lines += [f"- {self.catalog('carries', c)}" for c in self.repro.carries_over]
         self.lines += ["", "What does not:", ""]
-        self.lines += [f"- {c}" for c in self.repro.does_not_carry_over]
+        self.lines += [
+            f"- {self.catalog('not_carries', c)}" for c in self.repro.does_not_carry_over
+        ]
         self.lines.append("")
 
     def claims_section(self, rows: list[str]) -> None:
@@ -329,7 +336,9 @@ class _Writer:
         self.lines += [
             "## Measurements",
             "",
-            "| Variant | " + " | ".join(label for _, label in columns) + " |",
+            "| Variant | "
+            + " | ".join(self.catalog("column", label) for _, label in columns)
+            + " |",
             "|---|" + "---|" * len(columns),
         ]
         for name, values in variants.items():
@@ -399,8 +408,9 @@ class _Writer:
 
     def closing(self) -> None:
         self.lines += ["## Gotchas", ""]
-        self.lines += [f"- {g}" for g in self.recipe.gotchas]
-        self.lines += ["", "## Finance angle", "", self.recipe.finance_angle, ""]
+        self.lines += [f"- {self.catalog('gotcha', g)}" for g in self.recipe.gotchas]
+        finance = self.catalog("finance", self.recipe.finance_angle)
+        self.lines += ["", "## Finance angle", "", finance, ""]
         critique = self.state.critique
         if critique and not critique.approved:
             self.lines += ["## Open review points", ""]

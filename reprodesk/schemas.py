@@ -269,7 +269,7 @@ class EvidenceItem(BaseModel):
     display: str = Field(description="The number exactly as the write-up prints it.")
     value: float
     unit: str = ""
-    kind: Literal["measured", "paper", "config", "derived", "environment"]
+    kind: Literal["measured", "paper", "config", "derived", "environment", "catalog"]
     source: dict[str, Any] = Field(
         description="measured: job key + metric path; paper: page + quote; derived: formula."
     )

@@ -46,7 +46,7 @@ def untraceable(markdown: str, evidence: list[EvidenceItem]) -> list[str]:
     return sorted({n for n in numbers_in(markdown) if n not in allowed})
 
 
-Kind = Literal["measured", "paper", "config", "derived", "environment"]
+Kind = Literal["measured", "paper", "config", "derived", "environment", "catalog"]
 
 
 class EvidenceBook:
@@ -87,12 +87,18 @@ class EvidenceBook:
             self.paper(f"{id}.n{i}", value, "%" if number.endswith("%") else "", quote, number)
         return quote.text
 
-    def text_numbers(self, id: str, text: str, *, job: str) -> str:
-        """Numbers inside a sentence a job printed (a recipe's claim wording)."""
+    def text_numbers(self, id: str, text: str, *, job: str, catalog: bool = False) -> str:
+        """Numbers inside prose the write-up prints verbatim.
+
+        A recipe's claim wording (printed by a job: kind measured, with the job) or the
+        catalog's curated text (gotchas, labels, finance angle: kind catalog).
+        """
         for i, number in enumerate(numbers_in(text)):
             value = float(number.rstrip("%"))
-            source = {"job": job, "text": text}
-            self._add(f"{id}.n{i}", value, "", "measured", source, number)
+            if catalog:
+                self._add(f"{id}.n{i}", value, "", "catalog", {"text": text}, number)
+            else:
+                self._add(f"{id}.n{i}", value, "", "measured", {"job": job, "text": text}, number)
         return text
 
     def config(self, id: str, value: float, unit: str = "", *, where: str) -> str:

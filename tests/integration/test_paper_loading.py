@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import socket
+import subprocess
 import sys
 import tarfile
 import threading
@@ -48,6 +49,8 @@ try:
 except ImportError:  # pytest's default import mode puts tests/integration, not the root, on path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.pdfgen import ColumnPage, column, make_image_pdf, make_pdf, make_two_column_pdf
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PDF_PAGES = [
     ["DeepSeek-V2: A Strong, Economical, and Efficient MoE Model", "Abstract: we present MLA."],
@@ -858,8 +861,16 @@ def test_pages_read_in_worker_processes_give_the_same_paper(
     make_two_column_pdf(
         path, TWO_COLUMN_PAGES, running_head="DeepSeek-V2-Mini technical report", tables=TABLE_ROWS
     )
+    # Worker processes are only used from a single-threaded process (they fork), and the
+    # test session has threads by now: check the pool in a fresh process.
+    probe = (
+        "import sys; from pathlib import Path; from tools import pdftext; "
+        "pdftext.PARALLEL_MIN_PAGES = 2; "
+        "sys.exit(0 if pdftext._parallel_runs(Path(sys.argv[1]).read_bytes(), 6) else 3)"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe, str(path)], cwd=ROOT, check=False)
+    assert ran.returncode == 0  # the pool did run
     monkeypatch.setattr(pdftext, "PARALLEL_MIN_PAGES", 2)
-    assert pdftext._parallel_runs(path.read_bytes(), 6) is not None  # the pool did run
     same = {"source": two_column.source, "sha256": two_column.sha256}  # a new file: new date
     assert load_paper(str(path)).model_copy(update=same) == two_column
 
