@@ -5,7 +5,7 @@
 #   bash scripts/docker-engine.sh
 #
 # Idempotent; every stage is skipped when its result is already there:
-#   1. packages   apt-get install docker.io debootstrap          (when dockerd is missing)
+#   1. packages   apt-get install docker.io debootstrap docker-compose (when missing)
 #   2. engine     dockerd --bridge=none --iptables=false ...     (when no engine answers)
 #   3. base       debootstrap minbase bookworm + docker import   (when $BASE_TAG is missing)
 #   4. wheels     pip download torch numpy matplotlib ... on the host (cached)
@@ -47,8 +47,9 @@ give_up() {
 engine_answers() { timeout 10 docker info >/dev/null 2>&1; }
 
 # ------------------------------------------------------------------ 1. packages
-if command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1; then
-    stage_done packages "dockerd and debootstrap already installed"
+if command -v dockerd >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 &&
+    command -v docker-compose >/dev/null 2>&1; then
+    stage_done packages "dockerd, debootstrap and docker-compose already installed"
 elif [ "$(id -u)" != 0 ]; then
     give_up "dockerd/debootstrap are missing and we are not root to install them"
 elif ! command -v apt-get >/dev/null 2>&1; then
@@ -56,7 +57,7 @@ elif ! command -v apt-get >/dev/null 2>&1; then
 else
     export DEBIAN_FRONTEND=noninteractive
     if ! apt-get update -qq >/tmp/reprodesk-apt.log 2>&1 ||
-        ! apt-get install -y -qq --no-install-recommends docker.io debootstrap \
+        ! apt-get install -y -qq --no-install-recommends docker.io debootstrap docker-compose \
             >>/tmp/reprodesk-apt.log 2>&1; then
         tail -n 5 /tmp/reprodesk-apt.log | sed 's/^/    /'
         give_up "apt-get install docker.io debootstrap failed (log: /tmp/reprodesk-apt.log)"
