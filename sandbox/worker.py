@@ -175,6 +175,7 @@ class _Kernel:
     MS_REMOUNT = 32
     MS_BIND = 4096
     MS_REC = 16384
+    MS_MOVE = 8192
     MS_PRIVATE = 1 << 18
     MNT_DETACH = 2
     PR_SET_DUMPABLE = 4
@@ -367,9 +368,26 @@ def _w_enter_job_namespaces(request: dict[str, Any], jobs: str) -> None:
             k.mount(path, path, None, k.MS_BIND | k.MS_REC)
             k.mount(None, path, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | nosuid)
     for path in ("/tmp", "/dev/shm"):
+        # A Python install bound under /tmp (a clone or a venv there) must stay visible
+        # through the job's fresh tmpfs: park it on a staging mount point in /dev (a
+        # tmpfs of ours), cover /tmp, then move it back and make it read-only.
+        keep = [d for d in request["keep"] if d == path or d.startswith(path + "/")]
+        staged = []
+        for i, d in enumerate(keep):
+            stage = f"/dev/.reprodesk-keep-{i}"
+            os.makedirs(stage, exist_ok=True)
+            k.mount(d, stage, None, k.MS_BIND | k.MS_REC)
+            staged.append((d, stage))
         k.umount(path)  # when locked, the fresh tmpfs simply covers it
         size = int(request["tmpfs_bytes"])
         k.mount("tmpfs", path, "tmpfs", k.MS_NOSUID | k.MS_NODEV, f"mode=1777,size={size}")
+        for d, stage in staged:
+            os.makedirs(d, exist_ok=True)
+            k.mount(stage, d, None, k.MS_MOVE)
+            os.rmdir(stage)
+            k.mount(
+                None, d, None, k.MS_BIND | k.MS_REMOUNT | k.MS_RDONLY | k.MS_NOSUID | k.MS_NODEV
+            )
     if not request["gpu"]:
         for device in request["devices"]:
             if not k.umount(device):
@@ -857,6 +875,7 @@ class WarmWorkerSandbox:
             "gpu": job.gpu,
             "devices": devices,
             "tmpfs_bytes": limits.memory_mb * mb,
+            "keep": [str(d) for d in self.python_dirs],
             "rlimits": {
                 "as": -1 if job.gpu else limits.memory_mb * mb,
                 "nproc": limits.processes,
