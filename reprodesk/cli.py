@@ -252,10 +252,11 @@ def _report(app_: _App, state: RunState) -> int:
         return EXIT_NOT_PUBLISHED
     if outcome.status == "published" and outcome.path:
         _write_trace(app_, state.run_id, Path(outcome.path))
-        out.print(f"[bold green]published[/bold green] {Path(outcome.path) / 'writeup.md'}")
         if state.critique and state.critique.notes:
             for note in state.critique.notes:
-                out.print(f"  critic: {note}", highlight=False)
+                out.print(f"critic: {note}", highlight=False)
+        # Last line: where the write-up is (scripts and `make demo` read it).
+        out.print(f"[bold green]published[/bold green] {Path(outcome.path) / 'writeup.md'}")
         return EXIT_OK
     err.print(f"run {state.run_id} {outcome.status}: {outcome.message}", highlight=False)
     return EXIT_NOT_PUBLISHED
