@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -582,4 +583,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted: the run is checkpointed; `reprodesk runs` lists it to resume")
         code = 130
+    except Exception as exc:  # a bug of ours, not the user's: say so, keep the trace for -v
+        if _globals.verbose:
+            traceback.print_exc()
+        sys.stderr.write(
+            f"reprodesk: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            " (rerun with -v for the traceback; a started run is checkpointed, see "
+            "`reprodesk runs`)\n"
+        )
+        code = EXIT_INTERNAL
     sys.exit(code if isinstance(code, int) else EXIT_OK)
