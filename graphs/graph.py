@@ -16,6 +16,7 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel
 
 from agents.deps import Deps
 from agents.finance_critic import make_finance_critic
@@ -28,42 +29,12 @@ from graphs.nodes import make_execute, make_gate, make_publish
 from graphs.state import Context
 from reprodesk import schemas
 
-NODES = (
-    "reader",
-    "plan_gate",
-    "reproducer",
-    "code_gate",
-    "execute",
-    "profiler",
-    "writer",
-    "finance_critic",
-    "publish_gate",
-    "publish",
-)
-
-# Only our own models may be revived from a checkpoint (strict msgpack allow-list).
-_STATE_TYPES: tuple[type, ...] = (
-    schemas.RunState,
-    schemas.Paper,
-    schemas.Policy,
-    schemas.Digest,
-    schemas.MechanismHit,
-    schemas.Quote,
-    schemas.Hyperparameter,
-    schemas.Claim,
-    schemas.Decision,
-    schemas.Reproduction,
-    schemas.ScaleRow,
-    schemas.Job,
-    schemas.Limits,
-    schemas.JobRecord,
-    schemas.RunResult,
-    schemas.Draft,
-    schemas.EvidenceItem,
-    schemas.Figure,
-    schemas.Finding,
-    schemas.Critique,
-    schemas.Outcome,
+# Only our own models may be revived from a checkpoint (strict msgpack allow-list):
+# every pydantic model declared in reprodesk.schemas, so a new one cannot be forgotten.
+_STATE_TYPES: tuple[type, ...] = tuple(
+    obj
+    for obj in vars(schemas).values()
+    if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == schemas.__name__
 )
 
 

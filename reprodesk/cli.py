@@ -404,13 +404,7 @@ def replay(
     if step is not None:
         values = state_at(app_.graph, run_id, step)
         values.pop("paper", None)  # the paper's text is long and already on disk
-        out.print_json(
-            json.dumps(
-                RunState.model_validate(
-                    {**values, "paper": app_.snapshot(run_id).values["paper"]}
-                ).model_dump(mode="json", exclude={"paper"})
-            )
-        )
+        out.print_json(json.dumps(values, default=lambda v: v.model_dump(mode="json")))
         return
     steps = timeline(app_.graph, run_id)
     if as_json:

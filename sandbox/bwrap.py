@@ -98,12 +98,7 @@ def python_dirs(python: str) -> list[str]:
         prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     else:
         out = subprocess.run(
-            [
-                python,
-                "-I",
-                "-c",
-                "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix]))",
-            ],
+            [python, "-I", "-c", PREFIXES_SCRIPT],
             capture_output=True,
             text=True,
             timeout=60,
