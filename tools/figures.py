@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display, no GUI toolkit; must precede pyplot
-
-import matplotlib.pyplot as plt
-
 from reprodesk.schemas import Figure
 
 
 def render(figure: Figure, path: Path) -> Path:
+    # Imported here, not at module level: pyplot costs a quarter second, every CLI
+    # command imports the graph, and only publishing draws.
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display, no GUI toolkit; must precede pyplot
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     try:
         for label, points in sorted(figure.series.items()):
