@@ -129,6 +129,10 @@ class Digest(BaseModel):
 
 # --------------------------------------------------------------------------- sandbox
 
+# Every sandbox backend's name, in one place: settings, flags and `make_sandbox` use it.
+SandboxName = Literal["auto", "docker", "bwrap-warm", "bwrap", "subprocess"]
+SANDBOX_NAMES: tuple[str, ...] = ("auto", "docker", "bwrap-warm", "bwrap", "subprocess")
+
 
 class Limits(BaseModel):
     """Resource limits for one sandboxed job."""
@@ -185,6 +189,9 @@ class RunResult(BaseModel):
         default_factory=dict, description="backend, python, torch version, device, GPU name."
     )
     backend: str = ""
+    workdir: str = Field(
+        default="", description="Host path of the job dir (removed once the run is published)."
+    )
 
 
 # --------------------------------------------------------------------------- findings

@@ -1,12 +1,14 @@
-"""Settings, read once by the CLI from the environment (prefix REPRODESK_)."""
+"""Settings, read once by the composition root from the environment (prefix REPRODESK_)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from reprodesk.schemas import SandboxName, UserError
 
 GateName = Literal["plan", "code", "publish"]
 
@@ -27,7 +29,7 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint.")
     llm_api_key: SecretStr | None = Field(default=None, description="Never enters a sandbox.")
     llm_model: str = "deepseek-chat"
-    sandbox: Literal["auto", "bwrap-warm", "bwrap", "subprocess", "docker"] = Field(
+    sandbox: SandboxName = Field(
         default="auto", description="auto picks the strongest backend that works here."
     )
     chroma_url: str | None = Field(
@@ -45,3 +47,19 @@ class Settings(BaseSettings):
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, then `overrides` (flags) that are not None.
+
+    A bad REPRODESK_* value is the user's mistake: a UserError naming the variable.
+    """
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        raise UserError(
+            f"REPRODESK_{field.upper()}: {first['msg']} (got {first.get('input')!r})"
+        ) from exc
+    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})

@@ -13,7 +13,7 @@ import functools
 import tempfile
 from pathlib import Path
 
-from reprodesk.schemas import Job, Limits, UserError
+from reprodesk.schemas import SANDBOX_NAMES, Job, Limits, UserError
 from sandbox.base import Sandbox
 from sandbox.bwrap import BubblewrapSandbox
 from sandbox.container import DEFAULT_IMAGE, DockerSandbox, docker_available
@@ -30,7 +30,7 @@ __all__ = [
     "make_sandbox",
 ]
 
-BACKENDS = ("auto", "bwrap-warm", "bwrap", "subprocess", "docker")
+BACKENDS = SANDBOX_NAMES  # the names live in reprodesk.schemas, once
 
 
 @functools.cache

@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from reprodesk.schemas import Job, Limits, RunResult, UserError
+from reprodesk.schemas import SANDBOX_NAMES, Job, Limits, RunResult, UserError
+from reprodesk.settings import load_settings
 from sandbox.container import DEFAULT_IMAGE
 
-BACKENDS = ("auto", "docker", "bwrap", "subprocess")
+BACKENDS = SANDBOX_NAMES
 TAIL_LINES = 20
 
 out = Console(soft_wrap=True, emoji=False)
@@ -76,7 +77,7 @@ def run(
     file: Annotated[Path, typer.Argument(help="A Python script; it runs as `python FILE`.")],
     backend: Annotated[
         str,
-        typer.Option("--backend", help="auto, docker, bwrap or subprocess.", metavar="NAME"),
+        typer.Option("--backend", help=f"One of {', '.join(SANDBOX_NAMES)}.", metavar="NAME"),
     ] = "auto",
     timeout: Annotated[
         float | None,
@@ -92,7 +93,6 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the RunResult as JSON.")] = False,
 ) -> None:
     """Run one script through a sandbox backend and print its RunResult."""
-    from reprodesk.cli import _settings
     from sandbox import make_sandbox
 
     if backend not in BACKENDS:
@@ -107,7 +107,7 @@ def run(
         code = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{file}: cannot read it as UTF-8 text ({exc})") from exc
-    settings = _settings()
+    settings = load_settings()
     limits = Limits(
         wall_s=timeout if timeout is not None else settings.job_timeout_s,
         memory_mb=memory if memory is not None else settings.job_memory_mb,

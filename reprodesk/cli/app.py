@@ -32,7 +32,7 @@ from rich.table import Table
 
 from reprodesk.log import configure
 from reprodesk.schemas import Limits, Policy, RunState, UserError
-from reprodesk.settings import Settings
+from reprodesk.settings import Settings, load_settings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PAUSED, EXIT_NOT_PUBLISHED = 0, 1, 2, 3, 4
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -50,7 +50,7 @@ app = typer.Typer(
 )
 findings_app = typer.Typer(help="Query the findings memory.", no_args_is_help=True)
 app.add_typer(findings_app, name="findings")
-from reprodesk.cli_sandbox import sandbox_app  # noqa: E402
+from reprodesk.cli.sandbox import sandbox_app  # noqa: E402
 
 app.add_typer(sandbox_app, name="sandbox")
 
@@ -75,11 +75,7 @@ def _root(
 
 
 def _settings(**overrides: Any) -> Settings:
-    try:
-        settings = Settings()
-    except Exception as exc:  # pydantic validation of REPRODESK_* variables
-        raise UserError(f"invalid REPRODESK_* setting: {exc}".splitlines()[0]) from exc
-    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return load_settings(**overrides)
 
 
 def _check_llm(settings: Settings) -> None:
@@ -309,7 +305,7 @@ def run(
     Gates (default: code and publish, REPRODESK_GATES) ask in a terminal; with no
     terminal the run pauses and prints the `reprodesk resume` command (exit 3).
     """
-    from tools.paper import load_paper
+    from tools.papers import load_paper
 
     if llm is not None and llm not in ("offline", "auto", "openai"):
         raise UserError(f"--llm '{llm}': expected offline, auto or openai")
@@ -474,7 +470,7 @@ def read(
     from rich.text import Text
 
     from tools.digest import digest
-    from tools.paper import load_paper
+    from tools.papers import load_paper
 
     settings = _settings()
     paper = load_paper(source, cache_dir=settings.home_dir / "cache", refresh=refresh)
