@@ -34,8 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.pdfgen import ColumnPage, column, make_two_column_pdf  # noqa: E402
-from tools import pdftext  # noqa: E402
-from tools.paper import load_paper  # noqa: E402
+from tools.papers import load_paper  # noqa: E402
 
 _FILLER = (
     "Multi-head latent attention compresses keys and values into a latent vector whose "
@@ -94,13 +93,13 @@ def main() -> None:
             paper = load_paper(str(pdf))
             walls.append(time.perf_counter() - start)
         assert len(paper.pages) == args.pages, len(paper.pages)
-        pdftext.PARALLEL_MIN_PAGES, default = 10**9, pdftext.PARALLEL_MIN_PAGES
+        pdf.PARALLEL_MIN_PAGES, default = 10**9, pdf.PARALLEL_MIN_PAGES
         for _ in range(args.repeats):
             start, start_cpu = time.perf_counter(), time.process_time()
             assert load_paper(str(pdf)) == paper  # one process gives the same paper
             serial.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
-        pdftext.PARALLEL_MIN_PAGES = default
+        pdf.PARALLEL_MIN_PAGES = default
         httpd, url = serve(pdf)
         try:
             cache = Path(tmp) / "cache"

@@ -26,9 +26,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from reprodesk.schemas import UserError
-from tools.arxiv import ArxivClient, arxiv_id
 from tools.digest import digest
-from tools.paper import Fetcher, load_paper
+from tools.papers import load_paper
+from tools.papers.arxiv import ArxivClient, arxiv_id
+from tools.papers.fetch import Fetcher
 
 try:
     from tests.pdfgen import make_pdf

@@ -39,10 +39,11 @@ from pypdf import PdfWriter
 
 from recipes.catalog import CATALOG
 from reprodesk.schemas import Paper, UserError
-from tools import pdftext
 from tools.digest import digest
-from tools.latex import ArchiveLimits
-from tools.paper import PARSER_VERSION, USER_AGENT, Fetcher, load_paper
+from tools.papers import load_paper, pdf
+from tools.papers.archive import ArchiveLimits
+from tools.papers.cache import PARSER_VERSION
+from tools.papers.fetch import USER_AGENT, Fetcher
 
 try:
     from tests.pdfgen import ColumnPage, column, make_image_pdf, make_pdf, make_two_column_pdf
@@ -864,13 +865,13 @@ def test_pages_read_in_worker_processes_give_the_same_paper(
     # Worker processes are only used from a single-threaded process (they fork), and the
     # test session has threads by now: check the pool in a fresh process.
     probe = (
-        "import sys; from pathlib import Path; from tools import pdftext; "
-        "pdftext.PARALLEL_MIN_PAGES = 2; "
-        "sys.exit(0 if pdftext._parallel_runs(Path(sys.argv[1]).read_bytes(), 6) else 3)"
+        "import sys; from pathlib import Path; from tools.papers import pdf; "
+        "pdf.PARALLEL_MIN_PAGES = 2; "
+        "sys.exit(0 if pdf._parallel_runs(Path(sys.argv[1]).read_bytes(), 6) else 3)"
     )
     ran = subprocess.run([sys.executable, "-c", probe, str(path)], cwd=ROOT, check=False)
     assert ran.returncode == 0  # the pool did run
-    monkeypatch.setattr(pdftext, "PARALLEL_MIN_PAGES", 2)
+    monkeypatch.setattr(pdf, "PARALLEL_MIN_PAGES", 2)
     same = {"source": two_column.source, "sha256": two_column.sha256}  # a new file: new date
     assert load_paper(str(path)).model_copy(update=same) == two_column
 

@@ -8,16 +8,9 @@ import tarfile
 import pytest
 
 from reprodesk.schemas import UserError
-from tools.latex import (
-    ArchiveLimits,
-    inline_inputs,
-    main_file,
-    math_text,
-    parse_tex,
-    source_text,
-    strip_comments,
-    unpack,
-)
+from tools.papers.archive import ArchiveLimits, unpack
+from tools.papers.tex import inline_inputs, main_file, parse_tex, source_text, strip_comments
+from tools.papers.texsyntax import math_text
 
 DOC = r"""\documentclass{article}
 \newcommand{\dsv}{DeepSeek-V2}

@@ -1,4 +1,4 @@
-"""A PDF's text in reading order, cut into sections, with references and tables apart.
+"""Text runs into lines in reading order, then into sections, references and tables.
 
 pypdf reads text in content-stream order, which is drawing order: fine for a
 single column, wrong when a producer draws both columns of a row before the next
@@ -24,9 +24,6 @@ is one of the usual unnumbered names (Abstract, References, ...). Run widths are
 not given by pypdf, so widths are estimated from the character count: good enough
 to tell a full-width line from a column line, not to measure text.
 
-Long PDFs are read by one worker process per core (pypdf's content-stream interpreter
-is pure Python and takes nearly all the time); the layout is the same either way.
-
 What it does not do: read text inside images (scans: refused by the caller), order
 more than two columns, rebuild tables beyond rows of cells, or split a producer's
 single text run that itself spans both columns. A single-column page with a table
@@ -36,26 +33,17 @@ rows do not.
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
-import multiprocessing
-import os
 import re
 import statistics
-import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-
-from pypdf import PdfReader
 
 from reprodesk.schemas import Section
 
-_BOLD = re.compile(r"bold|black|heavy|semibold|demi|medi(?:um)?\b|-bd\b|cmbx|cmb\d|sfbx", re.I)
 _BARE_NUMBER = re.compile(
     r"^(?:page\s+)?[-–—(]*\s*(?:\d{1,4}|[ivxlc]{1,7})\s*[-–—)]*(?:\s*of\s*\d+)?$", re.I
 )
@@ -83,7 +71,7 @@ _ORG_WORDS = re.compile(
 
 
 @dataclass
-class _Run:
+class Run:
     x: float
     y: float
     size: float
@@ -123,53 +111,24 @@ class PdfText:
     tables: list[Section] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- runs
-
-
-def page_runs(page: Any) -> tuple[list[_Run], tuple[float, float, float, float]]:
-    """Text runs of a pypdf page with their positions, and the page box (x0, y0, w, h)."""
-    runs: list[_Run] = []
-
-    def visit(text: str, cm: list[float], tm: list[float], font: Any, size: float) -> None:
-        if not text or text.isspace():
-            return
-        a = tm[0] * cm[0] + tm[1] * cm[2]
-        b = tm[0] * cm[1] + tm[1] * cm[3]
-        c = tm[2] * cm[0] + tm[3] * cm[2]
-        d = tm[2] * cm[1] + tm[3] * cm[3]
-        if a <= 0 or d <= 0 or abs(b) > 0.05 * a or abs(c) > 0.05 * d:
-            return  # rotated, mirrored or skewed: margin stamps, axis labels
-        x = tm[4] * cm[0] + tm[5] * cm[2] + cm[4]
-        y = tm[4] * cm[1] + tm[5] * cm[3] + cm[5]
-        name = str(font.get("/BaseFont", "")) if isinstance(font, dict) else ""
-        parts = [p for p in text.split("\n") if p.strip()]
-        height = float(size) * math.hypot(c, d) or 10.0
-        for i, part in enumerate(parts):
-            runs.append(_Run(x, y - 1.2 * height * i, height, bool(_BOLD.search(name)), part))
-
-    page.extract_text(visitor_text=visit)
-    box = page.mediabox
-    return runs, (float(box.left), float(box.bottom), float(box.width), float(box.height))
-
-
-def _drop_margins(
-    pages: list[tuple[list[_Run], tuple[float, float, float, float]]],
-) -> list[list[_Run]]:
+def drop_margins(
+    pages: list[tuple[list[Run], tuple[float, float, float, float]]],
+) -> list[list[Run]]:
     """Remove running heads and feet and page numbers: short lines in the margin bands
     that are a bare number or repeat (digits aside) on several pages."""
 
-    def band(run: _Run, box: tuple[float, float, float, float]) -> bool:
+    def band(run: Run, box: tuple[float, float, float, float]) -> bool:
         _, y0, _, h = box
         return run.y > y0 + 0.93 * h or run.y < y0 + 0.07 * h
 
-    def key(run: _Run) -> str:
+    def key(run: Run) -> str:
         return re.sub(r"\d+", "#", " ".join(run.text.split()).lower())
 
     seen: Counter[str] = Counter()
     for runs, box in pages:
         seen.update({key(r) for r in runs if band(r, box) and len(r.text) < 120})
     repeat = max(2, math.ceil(0.5 * len(pages))) if len(pages) < 6 else 3
-    kept: list[list[_Run]] = []
+    kept: list[list[Run]] = []
     for runs, box in pages:
         kept.append(
             [
@@ -188,7 +147,7 @@ def _drop_margins(
 # --------------------------------------------------------------------------- layout
 
 
-def _right_edge(runs: list[_Run], x0: float, width: float) -> float | None:
+def _right_edge(runs: list[Run], x0: float, width: float) -> float | None:
     """The right column's left edge, if this page has two columns."""
     middle = [r.x for r in runs if x0 + 0.3 * width <= r.x <= x0 + 0.7 * width]
     if len(middle) < 3:
@@ -206,7 +165,7 @@ def _right_edge(runs: list[_Run], x0: float, width: float) -> float | None:
     return edge
 
 
-def layout(runs: list[_Run], box: tuple[float, float, float, float]) -> list[Line]:
+def layout(runs: list[Run], box: tuple[float, float, float, float]) -> list[Line]:
     """Lines of one page in reading order."""
     if not runs:
         return []
@@ -221,7 +180,7 @@ def layout(runs: list[_Run], box: tuple[float, float, float, float]) -> list[Lin
             0 if any(abs(r.y - y) < 0.4 * r.size for y in full_rows) else c
             for r, c in zip(runs, columns, strict=True)
         ]
-    by_column: dict[int, list[_Run]] = {0: [], 1: [], 2: []}
+    by_column: dict[int, list[Run]] = {0: [], 1: [], 2: []}
     for run, col in zip(runs, columns, strict=True):
         by_column[col].append(run)
     lines = {col: _lines(col_runs, col) for col, col_runs in by_column.items()}
@@ -237,10 +196,10 @@ def layout(runs: list[_Run], box: tuple[float, float, float, float]) -> list[Lin
     return ordered
 
 
-def _lines(runs: list[_Run], column: int) -> list[Line]:
+def _lines(runs: list[Run], column: int) -> list[Line]:
     """Runs on one baseline (within 0.4 em) become one line, top to bottom."""
     runs = sorted(runs, key=lambda r: (-r.y, r.x))
-    groups: list[list[_Run]] = []
+    groups: list[list[Run]] = []
     for run in runs:
         if groups and abs(groups[-1][0].y - run.y) < 0.4 * max(run.size, groups[-1][0].size):
             groups[-1].append(run)
@@ -287,60 +246,6 @@ def _mark_paragraphs(lines: list[Line]) -> None:
 
 
 # --------------------------------------------------------------------------- structure
-
-
-def read_pdf(reader: Any, data: bytes | None = None) -> PdfText:
-    """Lay out every page of an open `PdfReader` and find its structure.
-
-    With the PDF's bytes and a long document, pages are read in worker processes (pypdf's
-    interpreter is pure Python: one core reads ~25 pages/s); any trouble there and the
-    pages are read here instead.
-    """
-    raw = _parallel_runs(data, len(reader.pages)) if data is not None else None
-    if raw is None:
-        raw = [page_runs(page) for page in reader.pages]
-    kept = _drop_margins(raw)
-    pages = [layout(runs, box) for runs, (_, box) in zip(kept, raw, strict=True)]
-    return structure(pages)
-
-
-PARALLEL_MIN_PAGES = 16  # fewer pages are read in this process; a huge value: never in parallel
-
-
-def _parallel_runs(
-    data: bytes, count: int
-) -> list[tuple[list[_Run], tuple[float, float, float, float]]] | None:
-    """Runs of every page from worker processes, or None where that is not worth it or
-    not safe: few pages or cores, no fork, or threads in this process (a forked child
-    of a threaded process may inherit a held lock)."""
-    workers = min(os.cpu_count() or 1, 4)
-    if (
-        count < PARALLEL_MIN_PAGES
-        or workers < 2
-        or "fork" not in multiprocessing.get_all_start_methods()
-        or threading.active_count() > 1
-    ):
-        return None
-    step = math.ceil(count / workers)
-    chunks = [(data, range(i, min(i + step, count))) for i in range(0, count, step)]
-    try:
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=len(chunks), mp_context=context) as pool:
-            parts = list(pool.map(_runs_of, chunks))
-    except Exception:  # a broken pool, a pickling problem: read the pages here
-        return None
-    return [page for part in parts for page in part]
-
-
-def _runs_of(
-    job: tuple[bytes, range],
-) -> list[tuple[list[_Run], tuple[float, float, float, float]]]:
-    """In a worker: the runs of some pages of the PDF in `job`."""
-    data, indices = job
-    reader = PdfReader(io.BytesIO(data))
-    if reader.is_encrypted:
-        reader.decrypt("")  # the caller opened it, so the empty password works
-    return [page_runs(reader.pages[i]) for i in indices]
 
 
 def structure(pages: list[list[Line]], *, plain: bool = False, keep_pages: bool = True) -> PdfText:

@@ -8,7 +8,7 @@ normalise to the id, with the version only when the user gave one.
 `ArxivClient` only knows where things are (its base URLs are fields, so tests point
 them at a local server) and how to read the answers; the bytes come through the
 caller's fetch function, so retries, size caps and timeouts stay in one place
-(`tools.paper.Fetcher`).
+(`tools.papers.fetch.Fetcher`).
 """
 
 from __future__ import annotations

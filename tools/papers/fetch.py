@@ -1,0 +1,159 @@
+"""Fetching a paper's bytes: one URL politely and boundedly, or one local file.
+
+`Fetcher.fetch(url)` sends our User-Agent, follows a few redirects, retries what is
+worth another try (network errors, timeouts, 5xx, 429 with its Retry-After, capped)
+with tenacity, and bounds everything: the connect and per-read timeouts, the body
+size (declared or streamed), and an overall deadline for the whole fetch, retries and
+waits included. The per-read timeout alone is not enough: a server that sends a few
+bytes every few seconds never trips it. The deadline is checked whenever data
+arrives, and no single wait for data is longer than the time left, so a fetch ends
+at its deadline give or take one read of the body. (A server that trickles its
+status line and headers is bounded only by the per-read timeout, read by read.)
+Every failure is one `UserError` naming the URL and the reason.
+
+`read_file` is the local counterpart: a file refused by its size before it is read.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import tenacity
+
+from reprodesk.schemas import UserError
+
+MB = 1024 * 1024
+USER_AGENT = "reprodesk/0.1 (+https://github.com/reprodesk)"
+DEFAULT_DEADLINE_S = 120.0
+
+
+class _Transient(Exception):
+    """A fetch failure worth another try (network, timeout, 5xx, 429)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Fetcher:
+    """Downloads one URL's bytes politely and boundedly; fields so tests can shrink limits."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_bytes: int = 64 * MB
+    max_redirects: int = 5
+    attempts: int = 3
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    max_retry_after_s: float = 30.0
+    deadline_s: float = DEFAULT_DEADLINE_S  # the whole fetch, retries and waits included
+    transport: httpx.BaseTransport | None = None
+
+    def fetch(self, url: str) -> bytes:
+        """The body of `url`; retries transient failures, then gives up with one UserError."""
+        deadline = time.monotonic() + self.deadline_s
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=lambda state: min(self._wait(state), max(0.0, deadline - time.monotonic())),
+            retry=tenacity.retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        with httpx.Client(
+            timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=True,
+            max_redirects=self.max_redirects,
+            transport=self.transport,
+        ) as client:
+            try:
+                return retrying(self._get_once, client, url, deadline)
+            except _Transient as exc:
+                msg = f"cannot fetch {url!r}: {exc} (gave up after {self.attempts} attempts)"
+                raise UserError(msg) from exc
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """A server's numeric Retry-After wins (capped, so it cannot stall us); else backoff."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_retry_after_s)
+        return float(tenacity.wait_exponential(self.backoff_s, self.max_backoff_s)(state))
+
+    def _past_deadline(self, url: str) -> UserError:
+        reason = f"not done within the {self.deadline_s:g} s deadline (the server is too slow)"
+        return UserError(f"cannot fetch {url!r}: {reason}")
+
+    def _get_once(self, client: httpx.Client, url: str, deadline: float) -> bytes:
+        left = deadline - time.monotonic()
+        if left <= 0:  # a retry's wait used up the time
+            raise self._past_deadline(url)
+        # No wait for data may outlast the deadline: each timeout is cut to the time left.
+        timeout = httpx.Timeout(
+            min(self.read_timeout, left), connect=min(self.connect_timeout, left)
+        )
+        try:
+            with client.stream("GET", url, timeout=timeout) as resp:
+                status = f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
+                if resp.status_code == 429 or resp.status_code >= 500:
+                    after = resp.headers.get("Retry-After", "").strip()  # a date: our backoff
+                    seconds = float(after) if re.fullmatch(r"\d+(\.\d*)?", after) else None
+                    raise _Transient(status, seconds)
+                if not resp.is_success:
+                    raise UserError(f"cannot fetch {url!r}: {status}")
+                return self._read_capped(resp, url, deadline)
+        except httpx.TooManyRedirects as exc:
+            msg = f"cannot fetch {url!r}: more than {self.max_redirects} redirects"
+            raise UserError(msg) from exc
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise UserError(f"cannot fetch {url!r}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            if time.monotonic() >= deadline:  # the timeout was the deadline's, cut short
+                raise self._past_deadline(url) from exc
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise _Transient(f"could not connect within {self.connect_timeout:g} s") from exc
+            raise _Transient(f"no data for {self.read_timeout:g} s (read timeout)") from exc
+        except httpx.TransportError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}") from exc
+
+    def _read_capped(self, resp: httpx.Response, url: str, deadline: float) -> bytes:
+        """Stream the body and stop past the cap or the deadline: a wrong link must not fill
+        memory, and a server that trickles bytes must not hold us."""
+        too_big = UserError(
+            f"cannot fetch {url!r}: the response is larger than {_size(self.max_bytes)}"
+        )
+        declared = resp.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise too_big
+        body = bytearray()
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise too_big
+            if time.monotonic() > deadline:
+                raise self._past_deadline(url)
+        return bytes(body)
+
+
+def read_file(path: Path, label: str, max_bytes: int) -> bytes:
+    """The file's bytes, refusing by size before reading (a 2 GB file is not a paper)."""
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        if size > max_bytes:
+            raise UserError(f"cannot read {label!r}: it is larger than {_size(max_bytes)}")
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)  # a file that grew since stat() is still capped
+    except OSError as exc:  # missing, a directory, no permission: the OS names it best
+        raise UserError(f"cannot read {label!r}: {(exc.strerror or str(exc)).lower()}") from exc
+    if len(data) > max_bytes:
+        raise UserError(f"cannot read {label!r}: it is larger than {_size(max_bytes)}")
+    return data
+
+
+def _size(n: int) -> str:
+    return f"{n / MB:g} MB" if n >= MB else f"{n} bytes"
