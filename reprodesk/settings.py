@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     job_memory_mb: int = Field(default=8192, gt=0)
     max_repair_attempts: int = Field(default=3, ge=1)
     max_critic_rounds: int = Field(default=2, ge=1)
+    fetch_deadline_s: float = Field(
+        default=120.0, gt=0, description="The most one paper fetch may take, retries included."
+    )
 
     @property
     def home_dir(self) -> Path:

@@ -198,6 +198,15 @@ def server(pdf_bytes: bytes) -> Iterator[Server]:
                 self.send(b"z" * 10, "application/pdf", length=str(70 * 1024 * 1024))
             elif path == "/slow":
                 release.wait(5)  # never answers within the test's read timeout
+            elif path == "/trickle":  # a byte every 0.1 s: never trips a read timeout
+                self.send_response(200)
+                self.end_headers()
+                with contextlib.suppress(ConnectionError):  # the client hangs up at its deadline
+                    for _ in range(300):
+                        self.wfile.write(b"#")
+                        self.wfile.flush()
+                        if release.wait(0.1):
+                            break
             elif path == "/fake.pdf":  # a login or error page where a PDF was promised
                 self.send(ARTICLE_HTML, "application/pdf")
             elif path == "/article":
@@ -325,6 +334,22 @@ def test_slow_server_hits_the_read_timeout(server: Server) -> None:
     assert "gave up after 2 attempts" in message
     assert time.monotonic() - started < 3
     assert server.hits["/slow"] == 2
+
+
+def test_a_trickling_server_is_cut_off_at_the_fetch_deadline(server: Server) -> None:
+    url = server.url("/trickle")
+    message = error_for(url, fetcher=fast(read_timeout=1.0, deadline_s=1.5))
+    assert message == (
+        f"cannot fetch {url!r}: not done within the 1.5 s deadline (the server is too slow)"
+    )
+    assert server.hits["/trickle"] == 1  # a deadline is no transient failure: no retry
+
+
+def test_retries_stop_at_the_fetch_deadline(server: Server) -> None:
+    url = server.url("/down")
+    message = error_for(url, fetcher=fast(attempts=10, backoff_s=0.4, deadline_s=1.0))
+    assert "not done within the 1 s deadline" in message
+    assert server.hits["/down"] < 10  # the deadline came before the attempts ran out
 
 
 def test_connection_refused_is_retried_then_reported() -> None:
