@@ -3,10 +3,9 @@
 Generates a 50-page two-column PDF (tests/pdfgen.py: headings, hyphenated words,
 running heads, page numbers, columns drawn row by row), then measures:
 
-- parse: `load_paper` of the local file (pypdf + column layout + structure), best
-  of `--repeats`, as pages per second; pages are read in worker processes (one per
-  core) for long PDFs, and `pages_per_s_one_process` is the same without them
-  (`pages_per_cpu_s_one_process`: per CPU second, which a busy machine does not skew);
+- parse: `load_paper` of the local file (PDFium text runs + column layout + structure),
+  best of `--repeats`, as pages per second, and per CPU second
+  (`pages_per_cpu_s`, which a busy machine does not skew); one process;
 - cache: `load_paper` of the same PDF served by a local HTTP server on 127.0.0.1,
   once to fill the cache (fetch + parse) and then `--hits` times from the cache,
   with the median and the worst hit in milliseconds.
@@ -87,19 +86,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reprodesk-bench-") as tmp:
         pdf = make_two_column_pdf(Path(tmp) / "bench.pdf", paper_pages(args.pages))
         size = pdf.stat().st_size
-        walls, serial, cpu = [], [], []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            paper = load_paper(str(pdf))
-            walls.append(time.perf_counter() - start)
-        assert len(paper.pages) == args.pages, len(paper.pages)
-        pdf.PARALLEL_MIN_PAGES, default = 10**9, pdf.PARALLEL_MIN_PAGES
+        walls, cpu = [], []
         for _ in range(args.repeats):
             start, start_cpu = time.perf_counter(), time.process_time()
-            assert load_paper(str(pdf)) == paper  # one process gives the same paper
-            serial.append(time.perf_counter() - start)
+            paper = load_paper(str(pdf))
+            walls.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
-        pdf.PARALLEL_MIN_PAGES = default
+        assert len(paper.pages) == args.pages, len(paper.pages)
         httpd, url = serve(pdf)
         try:
             cache = Path(tmp) / "cache"
@@ -123,9 +116,8 @@ def main() -> None:
                 "parse_s_best": round(best, 3),
                 "parse_s_all": [round(w, 3) for w in walls],
                 "pages_per_s": round(args.pages / best, 1),
-                "pages_per_s_one_process": round(args.pages / min(serial), 1),
                 # CPU time is what other load on the machine does not change.
-                "pages_per_cpu_s_one_process": round(args.pages / min(cpu), 1),
+                "pages_per_cpu_s": round(args.pages / min(cpu), 1),
                 "load_average_1min": round(os.getloadavg()[0], 2),
                 "cache_miss_ms": round(miss * 1000, 1),
                 "cache_hit_ms_median": round(statistics.median(hits) * 1000, 2),

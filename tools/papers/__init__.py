@@ -11,7 +11,7 @@
 | `archive` | safe in-memory unpacking of a LaTeX source tarball |
 | `tex` | the LaTeX document: main file, inputs, macros, sections, title, references |
 | `texconvert`, `texsyntax` | TeX body text to plain text; braces, environments, math |
-| `pdf` | a PDF opened and refused or read, page by page (pypdf) |
+| `pdf` | a PDF opened (PDFium) and refused or read as text runs, page by page |
 | `layout` | text runs to lines in reading order (two columns) and to sections |
 | `html` | an HTML page's text, sections, tables and citation metadata |
 | `text` | Markdown and plain text |

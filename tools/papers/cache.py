@@ -19,7 +19,7 @@ from pathlib import Path
 
 from reprodesk.schemas import Paper, UserError
 
-PARSER_VERSION = 2  # bump when parsing changes: parsed/ entries of older versions are redone
+PARSER_VERSION = 3  # bump when parsing changes: parsed/ entries of older versions are redone
 
 
 def cached(

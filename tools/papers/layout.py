@@ -1,13 +1,12 @@
 """Text runs into lines in reading order, then into sections, references and tables.
 
-pypdf reads text in content-stream order, which is drawing order: fine for a
+A PDF's text comes in content-stream order, which is drawing order: fine for a
 single column, wrong when a producer draws both columns of a row before the next
 row (a naive extraction then splices unrelated sentences). Here every text run
-comes with its position and font (pypdf's `visitor_text`), and each page is laid
-out again:
+comes with its position and font (`pdf.page_runs`), and each page is laid out again:
 
-1. Runs (a line's text between font changes, as pypdf hands them over) are placed
-   by their baseline. Rotated text (the arXiv stamp in the margin) is dropped.
+1. Runs (a text object's characters on one baseline) are placed by their baseline.
+   Rotated text (the arXiv stamp in the margin) was dropped already.
 2. Running heads, running feet and page numbers (short lines in the top or bottom
    band that repeat across pages, or are a bare number) are dropped, so that a
    sentence running over a page break stays whole.
@@ -21,8 +20,8 @@ out again:
 Structure comes from the fonts: a heading is a short line, bold or larger than the
 body text, that is numbered ("2.1 Multi-Head Latent Attention", "A. Appendix") or
 is one of the usual unnumbered names (Abstract, References, ...). Run widths are
-not given by pypdf, so widths are estimated from the character count: good enough
-to tell a full-width line from a column line, not to measure text.
+estimated from the character count: good enough to tell a full-width line from a
+column line, not to measure text.
 
 What it does not do: read text inside images (scans: refused by the caller), order
 more than two columns, rebuild tables beyond rows of cells, or split a producer's
@@ -80,7 +79,7 @@ class Run:
 
     @property
     def end(self) -> float:
-        """Estimated right edge: half an em per character (no widths from pypdf)."""
+        """Estimated right edge: half an em per character."""
         return self.x + 0.5 * self.size * len(self.text)
 
 
@@ -208,8 +207,8 @@ def _lines(runs: list[Run], column: int) -> list[Line]:
     out: list[Line] = []
     for group in groups:
         group.sort(key=lambda r: r.x)
-        # pypdf already put a space into a run where the pen moved on by more than one,
-        # so runs join as they are; a wide gap after such a space starts a table cell.
+        # The reader already ended a run with a space where the words were apart, so
+        # runs join as they are; a wide gap after such a space starts a table cell.
         text, cells = group[0].text, [group[0].text]
         for prev, run in itertools.pairwise(group):
             spaced = text[-1:].isspace() or run.text[:1].isspace()
