@@ -1,8 +1,8 @@
-"""Reader: what does the paper propose, which numbers does it claim, with which settings?
+"""Reader: which mechanisms does the paper introduce or build on, what does it claim?
 
-Offline policy: the deterministic digest of `tools.digest` against the recipe
-catalog. It picks as target the best-ranked mechanism that has a recipe; when
-none has, the run ends with status `unsupported` and says what to configure.
+The node calls the read policy (`Deps.policies.read`: the catalog offline, a model
+later) for the digest and the Plan. A paper with nothing the run can reproduce ends
+with status `unsupported` and a message that says what to do in this mode.
 """
 
 from __future__ import annotations
@@ -11,60 +11,50 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from pydantic import BaseModel, Field
 
 from agents.deps import Deps
-from recipes.catalog import CATALOG
-from reprodesk.schemas import Digest, Outcome, Paper, RunState
-from tools.digest import digest
+from reprodesk.plan import Plan
+from reprodesk.schemas import Outcome
+from reprodesk.state import RunState
 
 
-class ReaderOutput(BaseModel):
-    digest: Digest
-    target: str | None = Field(description="Catalog key of the mechanism to reproduce.")
-
-
-def read(paper: Paper) -> ReaderOutput:
-    found = digest(paper)
-    target = next(
-        (m.name for m in found.mechanisms if CATALOG[m.name].script and CATALOG[m.name].scale),
-        None,
-    )
-    return ReaderOutput(digest=found, target=target)
-
-
-def unsupported_message(found: Digest) -> str:
-    if not found.mechanisms:
+def unsupported_message(plan: Plan, mode: str) -> str:
+    """Why nothing will run, and what the user can do about it in `mode`."""
+    unselected = [m.key for m in plan.mechanisms if m.reproducible and not m.selected]
+    if unselected:
         return (
-            "the offline catalog knows none of the mechanisms in this paper "
-            f"(known: {', '.join(sorted(CATALOG))}); configure an LLM endpoint "
-            "(REPRODESK_LLM_BASE_URL, REPRODESK_LLM_API_KEY) to reproduce other mechanisms"
+            f"no mechanism is selected for this run; the paper also mentions "
+            f"{', '.join(unselected)}: rerun with --mechanism {unselected[0]}"
         )
-    names = ", ".join(f"{m.title} ({m.name})" for m in found.mechanisms)
-    return (
-        f"the paper describes {names}, but the catalog has no recipe for "
-        f"{'it' if len(found.mechanisms) == 1 else 'them'} yet; configure an LLM endpoint "
-        "or add a recipe under recipes/"
-    )
+    if not plan.mechanisms:
+        lead = "the paper describes no mechanism the recipe catalog knows"
+    else:
+        names = ", ".join(m.title for m in plan.mechanisms)
+        lead = f"the paper describes {names}, which the run cannot reproduce"
+    if mode == "offline":
+        return (
+            f"{lead}; offline mode reproduces catalog recipes only: add a recipe under "
+            "recipes/ (see recipes/README.md). LLM-backed agents are not in this version"
+        )
+    return f"{lead} in mode {mode}"
 
 
 def make_reader(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
-    del deps  # the offline Reader needs nothing but the paper
+    policy = deps.policies
 
     def reader(state: RunState) -> dict[str, Any]:
         log = structlog.get_logger(__name__).bind(run_id=state.run_id, agent="reader")
-        out = read(state.paper)
+        found, plan = policy.read(state.paper, state.restrict)
         log.info(
             "reader.done",
-            mechanisms=[m.name for m in out.digest.mechanisms],
-            hyperparameters=len(out.digest.hyperparameters),
-            claims=len(out.digest.claims),
-            target=out.target,
+            mechanisms=[(m.key, m.role, m.selected) for m in plan.mechanisms],
+            hyperparameters=len(found.hyperparameters),
+            claims=len(found.claims),
         )
-        update: dict[str, Any] = {"digest": out.digest, "target": out.target}
-        if out.target is None:
+        update: dict[str, Any] = {"digest": found, "plan": plan}
+        if not plan.to_reproduce():
             update["outcome"] = Outcome(
-                status="unsupported", message=unsupported_message(out.digest)
+                status="unsupported", message=unsupported_message(plan, policy.name)
             )
         return update
 

@@ -27,14 +27,16 @@ from agents.writer import make_writer
 from graphs import routing
 from graphs.nodes import make_execute, make_gate, make_publish
 from graphs.state import Context
-from reprodesk import schemas
+from reprodesk import plan, results, schemas, state
 
 # Only our own models may be revived from a checkpoint (strict msgpack allow-list):
-# every pydantic model declared in reprodesk.schemas, so a new one cannot be forgotten.
+# every pydantic model declared in the shared-schema modules, so a new one cannot be
+# forgotten.
 _STATE_TYPES: tuple[type, ...] = tuple(
     obj
-    for obj in vars(schemas).values()
-    if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == schemas.__name__
+    for module in (schemas, plan, results, state)
+    for obj in vars(module).values()
+    if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__
 )
 
 
@@ -56,7 +58,7 @@ def _add(g: StateGraph[Any, Any, Any, Any], name: str, node: Any) -> None:
 
 
 def build_graph(deps: Deps, checkpointer: Any = None) -> CompiledStateGraph[Any, Any, Any, Any]:
-    g: StateGraph[Any, Any, Any, Any] = StateGraph(schemas.RunState, context_schema=Context)
+    g: StateGraph[Any, Any, Any, Any] = StateGraph(state.RunState, context_schema=Context)
     _add(g, "reader", make_reader(deps))
     _add(g, "plan_gate", make_gate("plan"))
     _add(g, "reproducer", make_reproducer(deps))

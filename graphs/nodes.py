@@ -1,10 +1,12 @@
 """The graph's own nodes: the gates, execute and publish.
 
-Gates only ask (`interrupt()`); they have no side effects, because a resumed
-gate runs again from its start. `execute` has no interrupt and goes through the
-ledger, so a resume never launches a finished job again. `publish` writes the
-run folder through a temporary directory and renames it into place, so a crash
-never leaves a half-written run folder; findings are upserted by id, so
+Gates only ask (`interrupt()`); they have no side effects, because a resumed gate runs
+again from its start. `execute` has no interrupt and goes through the ledger, so a
+resume never launches a finished job again; it validates each job's metrics line into
+typed results, and a line that does not validate fails the attempt with a message
+naming the field. `publish` writes the run folder through a temporary directory and
+renames it into place, so a crash never leaves a half-written run folder; artifacts
+come back as plain data (`sandbox.artifacts`); findings are upserted by id, so
 publishing twice does not duplicate them.
 """
 
@@ -22,61 +24,29 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from agents.deps import Deps
+from graphs.gates import apply_answer, gate_summary
 from graphs.state import Context
-from reprodesk.schemas import Decision, JobRecord, Outcome, RunState
+from reprodesk.results import validate_metrics
+from reprodesk.schemas import Decision, Outcome
+from reprodesk.state import JobRecord, RunState
+from sandbox.artifacts import copy_artifacts
 from tools.figures import render
-from tools.run_code import run_job
+from tools.run_code import code_hash, run_job
 
 GateNode = Callable[[RunState, Runtime[Context]], dict[str, Any]]
-
-
-def gate_summary(gate: str, state: RunState) -> dict[str, Any]:
-    """What the human sees at a gate: enough to decide, nothing to scroll."""
-    if gate == "plan":
-        assert state.digest is not None
-        return {
-            "mechanism": state.target,
-            "mechanisms_found": [m.name for m in state.digest.mechanisms],
-            "hyperparameters": {h.name: h.value for h in state.digest.hyperparameters},
-            "claims": len(state.digest.claims),
-        }
-    if gate == "code":
-        assert state.reproduction is not None
-        repro = state.reproduction
-        return {
-            "script": repro.script,
-            "command": " ".join(repro.job.argv),
-            "lines_of_code": sum(len(t.splitlines()) for t in repro.job.files.values()),
-            "attempt": repro.attempt,
-            "limits": repro.job.limits.model_dump(),
-        }
-    assert state.draft is not None
-    critique = state.critique
-    return {
-        "tldr": state.draft.markdown.split("## TL;DR", 1)[-1].split("\n## ", 1)[0].strip(),
-        "findings": len(state.draft.findings),
-        "critic_approved": bool(critique and critique.approved),
-        "critic_issues": critique.issues if critique else [],
-    }
 
 
 def make_gate(gate: str) -> GateNode:
     def node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
         if gate not in state.policy.gates:
             return {"decisions": [Decision(gate=gate, approved=True, by="policy")]}
-        if runtime.context is not None and runtime.context.auto_approve:
+        auto = state.policy.auto_approve or (
+            runtime.context is not None and runtime.context.auto_approve
+        )
+        if auto:
             return {"decisions": [Decision(gate=gate, approved=True, by="auto")]}
         answer = interrupt({"gate": gate, "run_id": state.run_id, **gate_summary(gate, state)})
-        approved = bool(answer.get("approved")) if isinstance(answer, dict) else bool(answer)
-        reason = str(answer.get("reason", "")) if isinstance(answer, dict) else ""
-        update: dict[str, Any] = {
-            "decisions": [Decision(gate=gate, approved=approved, reason=reason, by="user")]
-        }
-        if not approved:
-            update["outcome"] = Outcome(
-                status="rejected", message=f"rejected at the {gate} gate: {reason or 'no reason'}"
-            )
-        return update
+        return apply_answer(gate, state, answer)
 
     node.__name__ = f"{gate}_gate"
     return node
@@ -85,29 +55,33 @@ def make_gate(gate: str) -> GateNode:
 def make_execute(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
     def execute(state: RunState) -> dict[str, Any]:
         log = structlog.get_logger(__name__).bind(run_id=state.run_id, agent="execute")
-        repro = state.reproduction
-        assert repro is not None
-        label = f"main-attempt{repro.attempt}"
-        done = run_job(deps.sandbox, deps.ledger, state.run_id, label, repro.job)
-        result = done.result
-        if result.status == "ok" and not result.metrics:
-            result = result.model_copy(
-                update={"status": "error", "message": "the job printed no JSON metrics line"}
+        work = dict(state.work)
+        for key, w in state.work.items():
+            if w.status != "pending" or w.reproduction is None:
+                continue
+            repro = w.reproduction
+            label = w.main_label
+            done = run_job(deps.sandbox, deps.ledger, state.run_id, label, repro.job)
+            result = done.result
+            parsed = None
+            if result.status == "ok":
+                parsed, problem = validate_metrics(result.metrics)
+                if parsed is None:
+                    result = result.model_copy(update={"status": "error", "message": problem})
+            record = JobRecord(
+                label=label,
+                key=done.key,
+                code_hash=code_hash(repro.job.files),
+                result=result,
+                parsed=parsed,
+                reused=done.reused,
             )
-        update: dict[str, Any] = {
-            "main": JobRecord(label=label, key=done.key, result=result, reused=done.reused),
-            "attempts": repro.attempt,
-        }
-        if result.status != "ok" and repro.attempt >= state.policy.max_repair_attempts:
-            update["outcome"] = Outcome(
-                status="failed",
-                message=(
-                    f"{repro.script} failed {repro.attempt} times; last: {result.status}: "
-                    f"{result.message}"
-                ),
+            history = [*w.history, w.main] if w.main is not None else list(w.history)
+            work[key] = w.model_copy(
+                update={"main": record, "attempts": repro.attempt, "history": history}
             )
-        log.info("execute.done", status=result.status, reused=done.reused)
-        return update
+            log.info("execute.done", mechanism=key, status=result.status, reused=done.reused)
+        return {"work": work}
 
     return execute
 
@@ -116,11 +90,22 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
+def _write_record(record: JobRecord, results: Path) -> None:
+    """Host records first, then the job's artifacts as plain data beside them."""
+    out = results / record.key
+    out.mkdir(exist_ok=True)
+    _write_json(out / "metrics.json", record.result.metrics)
+    _write_json(out / "result.json", record.result.model_dump(mode="json"))
+    report = copy_artifacts(record.result, out / "artifacts")
+    if report.refused:
+        _write_json(out / "artifacts-refused.json", [list(r) for r in report.refused])
+
+
 def make_publish(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
     def publish(state: RunState) -> dict[str, Any]:
         log = structlog.get_logger(__name__).bind(run_id=state.run_id, agent="publish")
-        draft, repro, main = state.draft, state.reproduction, state.main
-        assert draft is not None and repro is not None and main is not None
+        draft = state.draft
+        assert draft is not None
         final = deps.runs_dir() / state.run_id
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{state.run_id}.", dir=final.parent))
@@ -136,17 +121,17 @@ def make_publish(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
                     "digest": state.digest.model_dump() if state.digest else None,
                 },
             )
-            for name, text in repro.job.files.items():
-                (staging / "code" / name).write_text(text, encoding="utf-8")
-            (staging / "code" / "command.txt").write_text(" ".join(repro.job.argv) + "\n")
-            for record in [main, *state.profile]:
-                out = staging / "results" / record.key
-                out.mkdir(exist_ok=True)
-                _write_json(out / "metrics.json", record.result.metrics)
-                _write_json(out / "result.json", record.result.model_dump(mode="json"))
-                for name, src in record.result.artifacts.items():
-                    if Path(src).is_file() and not (out / name).exists():
-                        shutil.copy2(src, out / Path(name).name)
+            if state.plan is not None:
+                (staging / "plan.json").write_text(state.plan.model_dump_json(indent=2))
+            for key, w in state.work.items():
+                if w.reproduction is not None:
+                    code = staging / "code" / key
+                    code.mkdir()
+                    for name, text in w.reproduction.job.files.items():
+                        (code / name).write_text(text, encoding="utf-8")
+                    (code / "command.txt").write_text(" ".join(w.reproduction.job.argv) + "\n")
+                for record in [*w.history, *([w.main] if w.main else []), *w.profile]:
+                    _write_record(record, staging / "results")
             for figure in draft.figures:
                 render(figure, staging / "figures" / figure.name)
             (staging / "writeup.md").write_text(draft.markdown, encoding="utf-8")
@@ -167,12 +152,12 @@ def make_publish(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
             raise
         stored = deps.open_store().add(draft.findings)
         log.info("publish.done", path=str(final), findings=stored)
-        return {
-            "outcome": Outcome(
-                status="published",
-                message=f"write-up at {final / 'writeup.md'}; {stored} findings stored",
-                path=str(final),
-            )
-        }
+        message = f"write-up at {final / 'writeup.md'}; {stored} findings stored"
+        assert state.plan is not None
+        missing = [m.title for m in state.plan.not_reproduced()]
+        failed = [k for k, w in state.work.items() if w.status == "failed"]
+        if missing or failed:
+            message += "; not reproduced: " + ", ".join([*missing, *failed])
+        return {"outcome": Outcome(status="published", message=message, path=str(final))}
 
     return publish

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from reprodesk.schemas import RunState, UserError
+from reprodesk.schemas import UserError
+from reprodesk.state import RunState
 
 
 class Step(BaseModel):
@@ -34,27 +35,48 @@ def describe(ran: list[str], values: dict[str, Any]) -> str:
         return "input"
     parts: list[str] = []
     for node in ran:
-        if node == "reader" and state.digest:
-            mechs = ", ".join(m.name for m in state.digest.mechanisms) or "none known"
+        if node == "reader" and state.plan is not None and state.digest is not None:
+            mechs = ", ".join(
+                f"{m.key} ({m.role.replace('_', ' ')}{'' if m.selected else ', not selected'})"
+                for m in state.plan.mechanisms
+            )
             parts.append(
-                f"mechanisms: {mechs}; {len(state.digest.hyperparameters)} hyperparameters, "
-                f"{len(state.digest.claims)} claims"
+                f"mechanisms: {mechs or 'none known'}; {len(state.digest.hyperparameters)} "
+                f"hyperparameters, {len(state.digest.claims)} claims"
             )
         elif node.endswith("_gate"):
             d = state.last_decision(node.removesuffix("_gate"))
+            edited = " (edited)" if d and d.edited else ""
             parts.append(
-                f"{'approved' if d.approved else 'rejected'} by {d.by}" if d else "waiting"
+                f"{'approved' if d.approved else 'rejected'} by {d.by}{edited}" if d else "waiting"
             )
-        elif node == "reproducer" and state.reproduction:
-            r = state.reproduction
-            parts.append(f"{r.script} attempt {r.attempt}: {' '.join(r.job.argv[2:8])} ...")
-        elif node == "execute" and state.main:
-            res = state.main.result
-            reuse = " (from ledger)" if state.main.reused else ""
-            parts.append(f"{res.status} in {res.duration_s:.2f}s{reuse}: {res.message}".strip())
+        elif node == "reproducer":
+            parts.append(
+                ", ".join(
+                    f"{k}: gave up ({w.gave_up[:60]})"
+                    if w.gave_up
+                    else f"{k}: {w.reproduction.script} attempt {w.reproduction.attempt}"
+                    for k, w in state.work.items()
+                    if w.reproduction is not None
+                )
+                or "no jobs"
+            )
+        elif node == "execute":
+            parts.append(
+                ", ".join(
+                    f"{k}: {w.main.result.status} in {w.main.result.duration_s:.2f}s"
+                    + (" (from ledger)" if w.main.reused else "")
+                    + (f" — {w.main.result.message}" if w.main.result.status != "ok" else "")
+                    for k, w in state.work.items()
+                    if w.main is not None
+                )
+            )
         elif node == "profiler":
             parts.append(
-                ", ".join(f"{p.label}: {p.result.status}" for p in state.profile) or "no jobs"
+                ", ".join(
+                    f"{p.label}: {p.result.status}" for w in state.work.values() for p in w.profile
+                )
+                or "no jobs"
             )
         elif node == "writer" and state.draft:
             parts.append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from reprodesk.schemas import RunState
+from reprodesk.state import RunState
 
 # langgraph.graph.END, spelled as a literal so that the return types say where a run can go.
 END: Literal["__end__"] = "__end__"
@@ -16,28 +16,32 @@ def _approved(state: RunState, gate: str) -> bool:
 
 
 def after_reader(state: RunState) -> Literal["plan_gate", "__end__"]:
-    return "plan_gate" if state.target is not None and state.outcome is None else END
+    return "plan_gate" if state.plan is not None and state.outcome is None else END
 
 
 def after_plan_gate(state: RunState) -> Literal["reproducer", "__end__"]:
     return "reproducer" if _approved(state, "plan") else END
 
 
-def after_reproducer(state: RunState) -> Literal["code_gate", "__end__"]:
-    return END if state.outcome is not None else "code_gate"
+def after_reproducer(state: RunState) -> Literal["code_gate", "profiler", "__end__"]:
+    """New jobs go to the code gate; with none left to run, the successes go on."""
+    if state.outcome is not None:
+        return END
+    statuses = [w.status for w in state.work.values()]
+    if "pending" in statuses:
+        return "code_gate"
+    return "profiler" if "ok" in statuses else END
 
 
 def after_code_gate(state: RunState) -> Literal["execute", "__end__"]:
     return "execute" if _approved(state, "code") else END
 
 
-def after_execute(state: RunState) -> Literal["profiler", "reproducer", "__end__"]:
-    """ok -> profile; a failure goes back to the Reproducer until the bound is hit."""
-    if state.main is not None and state.main.result.status == "ok":
-        return "profiler"
-    if state.outcome is not None or state.attempts >= state.policy.max_repair_attempts:
-        return END
-    return "reproducer"
+def after_execute(state: RunState) -> Literal["profiler", "reproducer"]:
+    """A failed attempt goes back to the Reproducer, which repairs it or gives up (bounded)."""
+    if any(w.status == "retry" for w in state.work.values()):
+        return "reproducer"
+    return "profiler"
 
 
 def after_critic(state: RunState) -> Literal["publish_gate", "writer"]:

@@ -1,6 +1,6 @@
 """Graph state and per-invocation context.
 
-`RunState` is declared in `reprodesk.schemas` so that agents can type their
+`RunState` is declared in `reprodesk.state` so that agents can type their
 nodes without importing this package; it is re-exported here as the graph's
 state schema. `Context` holds per-invocation knobs (LangGraph's
 `context_schema`), which are not checkpointed: a resumed run gets the context
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reprodesk.schemas import RunState
+from reprodesk.state import RunState
 
 __all__ = ["Context", "RunState"]
 

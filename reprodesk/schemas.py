@@ -7,9 +7,8 @@ contract change: the checkpointed state of past runs holds these shapes.
 
 from __future__ import annotations
 
-import operator
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -142,6 +141,17 @@ class Limits(BaseModel):
     processes: int = Field(default=256, gt=0, description="Max processes/threads for the job uid.")
     output_bytes: int = Field(default=256_000, gt=0, description="stdout/stderr kept, head+tail.")
     file_size_mb: int = Field(default=256, gt=0, description="Largest file the job may write.")
+    disk_mb: int = Field(
+        default=2048,
+        gt=0,
+        description="Everything the job writes: its folder, /tmp and /dev/shm (status 'quota').",
+    )
+    tmpfs_mb: int = Field(
+        default=256,
+        gt=0,
+        description="Size of each of /tmp and /dev/shm (at most memory_mb); RAM, so what is in"
+        " them counts against memory_mb as well as disk_mb.",
+    )
 
 
 class Job(BaseModel):
@@ -165,7 +175,8 @@ class Job(BaseModel):
         }
 
 
-RunStatus = Literal["ok", "error", "timeout", "oom", "killed", "refused"]
+RunStatus = Literal["ok", "error", "timeout", "oom", "quota", "killed", "refused"]
+"""quota: the job filled its disk quota (Limits.disk_mb) or a tmpfs (Limits.tmpfs_mb)."""
 
 
 class RunResult(BaseModel):
@@ -183,7 +194,17 @@ class RunResult(BaseModel):
         default=None, description="The last JSON object line the job printed on stdout."
     )
     artifacts: dict[str, str] = Field(
-        default_factory=dict, description="Relative name -> absolute host path of files kept."
+        default_factory=dict,
+        description="Name -> absolute host path of files kept: 'out/<path>' for what the job"
+        " wrote under out/ (relative path kept), 'logs/stdout.log' and 'logs/stderr.log' for"
+        " the host's logs of its output. Untrusted data: copy with sandbox.artifacts.",
+    )
+    artifacts_refused: dict[str, str] = Field(
+        default_factory=dict,
+        description="Files under out/ left out (ascii-escaped name -> why): bad names, caps.",
+    )
+    peak_disk_mb: float | None = Field(
+        default=None, description="Most the job had written at once (folder, /tmp, /dev/shm)."
     )
     environment: dict[str, str] = Field(
         default_factory=dict, description="backend, python, torch version, device, GPU name."
@@ -246,29 +267,6 @@ class ScaleRow(BaseModel):
     source: str = Field(description="'paper p.N' or why a default was used.")
 
 
-class Reproduction(BaseModel):
-    """The Reproducer's output: what runs, at which scale, and why that scale."""
-
-    mechanism: str
-    script: str = Field(description="Recipe file name, e.g. 'mla.py'.")
-    args: dict[str, float | int | str]
-    scale_down: list[ScaleRow]
-    carries_over: list[str] = Field(description="What a small run can establish.")
-    does_not_carry_over: list[str] = Field(description="What it cannot.")
-    job: Job
-    attempt: int = Field(description="1 for the first try, +1 per repair.")
-    note: str = ""
-
-
-class JobRecord(BaseModel):
-    """A job the run launched (or reused from the ledger) and what it returned."""
-
-    label: str
-    key: str
-    result: RunResult
-    reused: bool = False
-
-
 class EvidenceItem(BaseModel):
     """One number in a write-up and where it comes from."""
 
@@ -318,6 +316,7 @@ class Decision(BaseModel):
     approved: bool
     reason: str = ""
     by: Literal["user", "auto", "policy"] = "user"
+    edited: bool = Field(default=False, description="The user changed what the gate showed.")
 
 
 class Outcome(BaseModel):
@@ -326,41 +325,3 @@ class Outcome(BaseModel):
     status: Literal["published", "unsupported", "failed", "rejected"]
     message: str
     path: str | None = Field(default=None, description="Run folder, once published.")
-
-
-class Policy(BaseModel):
-    """Per-run policy, fixed at start so that a resumed run keeps it."""
-
-    gates: list[str] = Field(default_factory=lambda: ["code", "publish"])
-    max_repair_attempts: int = 3
-    max_critic_rounds: int = 2
-
-
-class RunState(BaseModel):
-    """The graph's state for one run (one LangGraph thread).
-
-    Declared here, beside the artifacts, so that agents can type their nodes
-    without importing `graphs` (arrows point one way). Every field but
-    `decisions` is last-write-wins; `decisions` appends.
-    """
-
-    run_id: str = Field(description="The LangGraph thread id.")
-    source: str = Field(description="What the user gave.")
-    paper: Paper = Field(description="The loaded paper; untrusted text.")
-    policy: Policy = Field(default_factory=Policy, description="Gates and loop bounds.")
-    digest: Digest | None = Field(default=None, description="Reader: mechanisms, claims, values.")
-    target: str | None = Field(default=None, description="Reader: catalog key to reproduce.")
-    decisions: Annotated[list[Decision], operator.add] = Field(
-        default_factory=list, description="Gate answers, in order."
-    )
-    reproduction: Reproduction | None = Field(default=None, description="Reproducer: the job.")
-    attempts: int = Field(default=0, description="Main-job launches so far (repair loop).")
-    main: JobRecord | None = Field(default=None, description="execute: the main job's result.")
-    profile: list[JobRecord] = Field(default_factory=list, description="Profiler: grid jobs.")
-    draft: Draft | None = Field(default=None, description="Writer: the write-up, unpublished.")
-    critique: Critique | None = Field(default=None, description="Finance-Critic: the review.")
-    critic_rounds: int = Field(default=0, description="Writer<->Critic rounds so far.")
-    outcome: Outcome | None = Field(default=None, description="Set when the run ends.")
-
-    def last_decision(self, gate: str) -> Decision | None:
-        return next((d for d in reversed(self.decisions) if d.gate == gate), None)

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     )
     job_timeout_s: float = Field(default=300.0, gt=0)
     job_memory_mb: int = Field(default=8192, gt=0)
+    job_disk_mb: int = Field(
+        default=2048, gt=0, description="Disk quota of a job: its folder, /tmp and /dev/shm."
+    )
+    job_tmpfs_mb: int = Field(
+        default=256, gt=0, description="Size of a job's /tmp and of its /dev/shm (RAM)."
+    )
     max_repair_attempts: int = Field(default=3, ge=1)
     max_critic_rounds: int = Field(default=2, ge=1)
     fetch_deadline_s: float = Field(

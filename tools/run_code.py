@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import structlog
@@ -11,6 +13,12 @@ from sandbox.base import Sandbox
 from sandbox.ledger import Ledger, job_key
 
 log = structlog.get_logger(__name__)
+
+
+def code_hash(files: dict[str, str]) -> str:
+    """sha256 over a job's files (names and contents): what the code gate approved."""
+    data = json.dumps(dict(sorted(files.items())), ensure_ascii=False).encode()
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The recipe catalog: what offline mode knows about each mechanism.
 
 One module per mechanism defines `RECIPE`. Pure Python, no torch and no
-project imports: the Reader matches papers against `signatures` and
-`hyperparameters`, the Reproducer calls `scale` to size the recipe for a CPU,
-the Profiler adds the `profile` argument sets, the Writer and the
-Finance-Critic take gotchas and the finance angle from here.
+project imports. The catalog is one *source of a Plan*: the offline Reader matches
+papers against `signatures` and `hyperparameters`, sizes the run with `scale`, and
+copies the claims, profile grid, figures, gotchas and finance angle into the Plan.
+Nothing downstream of the Reader reads the catalog (the offline Reproducer only
+reads a recipe's file).
 
 A mechanism may be known (the Reader names it) before it has a recipe
 (`script is None`): the Reproducer then says so instead of guessing.
@@ -75,6 +76,21 @@ class GridFigure:
 
 
 @dataclass(frozen=True)
+class ClaimSpec:
+    """A claim the recipe checks, and how to find the paper's sentence that states it.
+
+    `states` is a regex on normalised sentences; None when papers do not state it in
+    words (the write-up then says "not stated"). `kind` "implementation" marks an identity
+    that holds when the code is right: a check of the code, not a reproduced claim.
+    """
+
+    id: str
+    statement: str
+    states: str | None = None
+    kind: str = "paper"
+
+
+@dataclass(frozen=True)
 class Recipe:
     """One mechanism the catalog knows."""
 
@@ -97,6 +113,10 @@ class Recipe:
     finance_angle: str = ""
     min_score: float = 3.0  # below this a match is noise (a citation, a related-work line)
     not_checkable: tuple[tuple[str, str], ...] = ()  # (claim pattern, why)
+    claims: tuple[ClaimSpec, ...] = ()  # what the recipe's metrics line reports, by id
+    # Seconds of one CPU job inside the warm sandbox (bench/recipes.py, 2 cores), for the
+    # plan gate's estimate; each profile job costs about as much again.
+    typical_s: float = 5.0
 
 
 def value(

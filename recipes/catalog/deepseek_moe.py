@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from recipes.catalog import SET, Args, HyperparameterSpec, Recipe, Row, Scaled, Signature, Stated
+from recipes.catalog import (
+    SET,
+    Args,
+    ClaimSpec,
+    HyperparameterSpec,
+    Recipe,
+    Row,
+    Scaled,
+    Signature,
+    Stated,
+)
 
 # DeepSeek-V2's values (arXiv:2405.04434), used only when a paper does not state its own.
 # Granularity is DeepSeekMoE's (experts 0.25 times a standard FFN); gamma is DeepSeek-V3's.
@@ -277,4 +287,46 @@ RECIPE = Recipe(
             "kernels, none of which a CPU run has",
         ),
     ),
+    claims=(
+        ClaimSpec(
+            "activated_params_equal",
+            "the compared architectures activate the same expert parameters per token",
+            None,
+            "implementation",
+        ),
+        ClaimSpec(
+            "total_params_equal",
+            "fine-grained segmentation and shared experts keep the total expert parameters",
+            None,
+            "implementation",
+        ),
+        ClaimSpec(
+            "loads_sum_exact",
+            "routed expert loads sum to tokens x routed top-k",
+            None,
+            "implementation",
+        ),
+        ClaimSpec(
+            "bias_lowers_maxvio",
+            "auxiliary-loss-free balancing ends with a lower MaxVio than no balancing",
+            r"auxiliary-loss-free.{0,120}(?:balance|maxvio)",
+        ),
+        ClaimSpec(
+            "bias_vs_aux_loss",
+            "auxiliary-loss-free balancing balances as well as an aux loss without its cost",
+            r"auxiliary-loss-free.{0,160}(?:better|outperform|performance)",
+        ),
+        ClaimSpec(
+            "fine_grained_shared_beats_topk",
+            "fine-grained plus shared experts beat conventional top-k at equal activated "
+            "parameters",
+            r"fine-grained experts?.{0,160}(?:shared experts?|specializ)",
+        ),
+        ClaimSpec(
+            "aux_alpha_tradeoff",
+            "a larger aux-loss weight lowers MaxVio and raises the loss",
+            r"(?:too large|large) auxiliary loss.{0,80}(?:impair|hurt|degrad)",
+        ),
+    ),
+    typical_s=4.7,
 )

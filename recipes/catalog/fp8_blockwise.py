@@ -7,6 +7,7 @@ import math
 from recipes.catalog import (
     SET,
     Args,
+    ClaimSpec,
     GridFigure,
     HyperparameterSpec,
     Recipe,
@@ -189,4 +190,35 @@ RECIPE = Recipe(
             "accumulator, which this float32 emulation does not model",
         ),
     ),
+    claims=(
+        ClaimSpec(
+            "fp8_fine_grained_lower_error",
+            "fine-grained (1x128 tile) scaling quantizes activations with outliers with a "
+            "lower error than per-tensor scaling",
+            r"outliers?.{0,160}(?:fine-grained|tile|block)|(?:fine-grained|tile|block).{0,160}"
+            r"outliers?",
+        ),
+        ClaimSpec(
+            "fp8_fine_grained_lower_bulk_error",
+            "fine-grained scaling also quantizes the bulk of the activations better",
+            None,
+        ),
+        ClaimSpec(
+            "fp8_fine_grained_lower_gemm_error",
+            "the FP8 GEMM with tiles and blocks has a lower relative error than per-tensor",
+            r"relative (?:loss )?error.{0,120}(?:below|less than|under)",
+        ),
+        ClaimSpec(
+            "fp8_e4m3_beats_e5m2_fine_grained",
+            "with fine-grained scaling E4M3 beats E5M2, so it can be used on all tensors",
+            r"e4m3.{0,160}(?:all tensors|higher precision)",
+        ),
+        ClaimSpec(
+            "fp8_tile_scale_overhead",
+            "1x128 tiles store one float32 scale per 128 elements",
+            None,
+            "implementation",
+        ),
+    ),
+    typical_s=2.2,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from recipes.catalog import (
     SET,
     Args,
+    ClaimSpec,
     HyperparameterSpec,
     Recipe,
     Row,
@@ -247,4 +248,30 @@ RECIPE = Recipe(
             "benchmarks themselves",
         ),
     ),
+    claims=(
+        ClaimSpec(
+            "grpo_trainable_fraction",
+            "GRPO needs no critic, so it trains about half the parameters PPO trains",
+            r"trains \d+(?:\.\d+)?% of the parameters|fore?goes the critic|without (?:a|the) "
+            r"critic",
+        ),
+        ClaimSpec(
+            "grpo_optimizer_state_fraction",
+            "GRPO holds about half of PPO's optimizer state",
+            r"optimizer state is reduced|(?:memory|training resources).{0,80}critic|critic.{0,80}"
+            r"(?:memory|resources)",
+        ),
+        ClaimSpec(
+            "grpo_advantage_normalised",
+            "group-relative advantages have zero mean and unit std within each group",
+            r"group scores|relative rewards|within (?:each|the) group",
+            "implementation",
+        ),
+        ClaimSpec(
+            "grpo_reward_gain",
+            "GRPO raises the verifiable reward over the initial policy",
+            r"grpo.{0,80}(?:improv|boost|enhanc)",
+        ),
+    ),
+    typical_s=2.7,
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from recipes.catalog import (
     SET,
     Args,
+    ClaimSpec,
     GridFigure,
     HyperparameterSpec,
     Recipe,
@@ -192,4 +193,29 @@ RECIPE = Recipe(
             "full scale",
         ),
     ),
+    claims=(
+        ClaimSpec(
+            "mla_cache_formula",
+            "MLA caches (d_c + d_h^R) l elements per token",
+            r"\(d_c\s*\+\s*d_h\^r\)\s*l",
+            "implementation",
+        ),
+        ClaimSpec(
+            "mla_gqa_equivalent_groups",
+            "MLA's KV cache equals GQA with 2.25 groups at d_c = 4 d_h, d_h^R = d_h / 2",
+            r"2\.25 groups",
+        ),
+        ClaimSpec(
+            "mla_vs_mha_cache_ratio",
+            "MLA caches (d_c + d_h^R) / (2 n_h d_h) of what MHA caches",
+            r"of the mha cache|(?:smaller|less) kv cache than mha",
+        ),
+        ClaimSpec(
+            "mla_absorbed_equals_naive",
+            "W^UK absorbed into the query and W^UV into the output change no output",
+            r"absorbed into",
+            "implementation",
+        ),
+    ),
+    typical_s=2.0,
 )

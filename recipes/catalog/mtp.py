@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from recipes.catalog import SET, Args, HyperparameterSpec, Recipe, Row, Scaled, Signature, Stated
+from recipes.catalog import (
+    SET,
+    Args,
+    ClaimSpec,
+    HyperparameterSpec,
+    Recipe,
+    Row,
+    Scaled,
+    Signature,
+    Stated,
+)
 
 # DeepSeek-V3's values, used only when a paper does not state its own.
 DEFAULTS: dict[str, float] = {
@@ -202,4 +212,30 @@ RECIPE = Recipe(
             "dense layers one extra block is a far larger share",
         ),
     ),
+    claims=(
+        ClaimSpec(
+            "mtp_targets_per_position",
+            "with depth D every position is trained on D + 1 targets",
+            r"predict(?:s|ing)? (?:multiple|additional|the next \d+) (?:future )?tokens",
+            "implementation",
+        ),
+        ClaimSpec(
+            "mtp_module_params",
+            "each MTP depth adds a projection, RMSNorms and one block; embedding and head "
+            "are shared",
+            r"shared (?:embedding|output head)",
+            "implementation",
+        ),
+        ClaimSpec(
+            "mtp_main_loss_not_worse",
+            "MTP training gives the main head a loss no higher than next-token training",
+            r"mtp.{0,120}(?:improves|enhances|better)",
+        ),
+        ClaimSpec(
+            "mtp_second_token_acceptance",
+            "the depth-1 MTP draft of the second token is accepted 85-90% of the time",
+            r"acceptance rate",
+        ),
+    ),
+    typical_s=4.4,
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.reproducer import recipe_argv
+from agents.offline.reproducer import recipe_argv
 from recipes.catalog import CATALOG
 from recipes.catalog.deepseek_moe import RECIPE, scale
 from reprodesk.schemas import Paper

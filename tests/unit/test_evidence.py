@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.finance_critic import review
+from agents.offline.critic import review
 from reprodesk.schemas import Draft, Quote
 from tools.evidence import EvidenceBook, fmt, numbers_in, untraceable
 
@@ -52,9 +52,10 @@ def _draft(markdown: str) -> Draft:
 GOOD = """# t
 ## TL;DR
 MLA holds 72 elements.
-## Setup and scale-down record
+## Multi-head Latent Attention
+### Setup and scale-down record
 x
-## Claims: paper vs measured
+### Claims: paper vs measured
 | Claim | Paper | Measured | Verdict |
 |---|---|---|---|
 | cache | 72 | 72 | **reproduced** |

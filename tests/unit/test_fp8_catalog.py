@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agents.reproducer import recipe_argv
+from agents.offline.reproducer import recipe_argv
 from recipes.catalog import CATALOG
 from recipes.catalog.fp8_blockwise import RECIPE, scale
 from reprodesk.schemas import Paper

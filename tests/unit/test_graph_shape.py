@@ -6,7 +6,9 @@ import sqlite3
 from pathlib import Path
 
 from agents.deps import Deps
+from agents.policies import offline_policies
 from graphs.graph import build_graph, open_checkpointer
+from reprodesk.schemas import Limits
 from sandbox import SubprocessSandbox
 from sandbox.ledger import Ledger
 
@@ -17,12 +19,12 @@ EDGES = {
     ("plan_gate", "reproducer", True),
     ("plan_gate", "__end__", True),
     ("reproducer", "code_gate", True),
+    ("reproducer", "profiler", True),  # the others succeeded, one was given up
     ("reproducer", "__end__", True),
     ("code_gate", "execute", True),
     ("code_gate", "__end__", True),
     ("execute", "profiler", True),
     ("execute", "reproducer", True),  # the repair loop
-    ("execute", "__end__", True),
     ("profiler", "writer", False),
     ("writer", "finance_critic", False),
     ("finance_critic", "publish_gate", True),
@@ -38,7 +40,8 @@ def _deps(tmp_path: Path) -> Deps:
         home=tmp_path,
         sandbox=SubprocessSandbox(tmp_path / "jobs"),
         ledger=Ledger(tmp_path / "ledger.sqlite"),
-        open_store=lambda: None,
+        open_store=lambda: None,  # type: ignore[arg-type,return-value]
+        policies=offline_policies(Limits()),
     )
 
 

@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agents.reproducer import _stated, recipe_argv
-from agents.writer import paper_statement
+from agents.offline.reader import read
+from agents.offline.reproducer import recipe_argv
+from agents.offline.sections import stated_in
 from recipes.catalog import CATALOG
 from recipes.catalog.grpo import RECIPE
-from reprodesk.schemas import Paper
+from reprodesk.schemas import Digest, Paper
 from tools.digest import digest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,9 +78,19 @@ def test_reward_model_and_sft_learning_rates_are_not_the_policys() -> None:
     assert digest(_paper(text), {"grpo": RECIPE}).hyperparameters == []
 
 
-def test_writer_can_cite_the_notes_fraction_for_the_memory_claims() -> None:
-    match = paper_statement(digest(_paper(NOTE)).claims, 0.5)
-    assert match is not None and match[1] == "50%"
+def test_plan_cites_the_sentence_stating_the_memory_fraction() -> None:
+    _, plan = read(_paper(NOTE))
+    claim = next(c for c in plan.get("grpo").claims if c.id == "grpo_trainable_fraction")
+    assert claim.quote is not None
+    match = stated_in(claim.quote, 0.5)
+    assert match is not None and match[0] == "50%"
+
+
+def _stated(found: Digest) -> dict[str, tuple[float, str]]:
+    out: dict[str, tuple[float, str]] = {}
+    for h in found.hyperparameters:
+        out.setdefault(h.name, (h.value, f"paper p.{h.quote.page}"))
+    return out
 
 
 def test_not_checkable_patterns_each_match_a_claim_of_the_note() -> None:

@@ -1,0 +1,404 @@
+"""One mechanism's part of a write-up: mechanism, scale-down, claims, measurements, figures.
+
+Everything comes from the Plan entry and the typed results in state; every number goes
+through the shared `EvidenceBook` (job + metric path, page + quote, config, formula).
+A paper value is cited only from the sentence the Plan says states that very claim;
+otherwise the cell says "not stated" and shows what the run compared against instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from reprodesk.plan import MechanismPlan, PlanClaim
+from reprodesk.results import ClaimResult, RecipeResult
+from reprodesk.schemas import Figure, Finding, Quote
+from reprodesk.state import JobRecord, MechanismRun
+from tools.evidence import EvidenceBook, numbers_in
+
+
+def metric_at(metrics: dict[str, Any], path: str) -> Any:
+    """Follow a dotted path (list indices as numbers) into a metrics object."""
+    node: Any = metrics
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def cell(text: str) -> str:
+    """Text made safe for a Markdown table cell: a '|' would end the cell."""
+    return " ".join(text.replace("|", "\\|").split())
+
+
+def stated_in(quote: Quote, value: float) -> tuple[str, float] | None:
+    """The number as written in `quote` that states `value` (to its rounding), if any.
+
+    Papers round: 0.017578 is stated as "1.76%". A stated number matches when it is
+    within half a unit of its last printed digit.
+    """
+    if value == 0:
+        return None
+    for number in numbers_in(quote.text):
+        digits = number.rstrip("%")
+        if len(digits.replace(".", "").lstrip("0")) < 2:
+            continue  # "1", "2", "0.5": too common to be sure the paper means this value
+        scale = 100.0 if number.endswith("%") else 1.0
+        stated = float(digits) / scale
+        decimals = len(digits.split(".")[1]) if "." in digits else 0
+        if abs(stated - value) <= 0.5 * 10.0**-decimals / scale + 1e-12:
+            return number, stated
+    return None
+
+
+@dataclass
+class Context:
+    """What every section of one write-up shares."""
+
+    run_id: str
+    paper_title: str
+    source: str
+    at: str  # "p." for pages, "s." for LaTeX sections
+    book: EvidenceBook
+    findings: list[Finding] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass
+class Rows:
+    paper: list[str] = field(default_factory=list)
+    implementation: list[str] = field(default_factory=list)
+    paper_claims: list[ClaimResult] = field(default_factory=list)
+    checks: list[ClaimResult] = field(default_factory=list)
+
+
+class MechanismSection:
+    """The section of one reproduced mechanism."""
+
+    def __init__(self, ctx: Context, mech: MechanismPlan, work: MechanismRun) -> None:
+        assert work.main is not None and work.main.parsed is not None and work.reproduction
+        self.ctx, self.mech, self.work = ctx, mech, work
+        self.main: JobRecord = work.main
+        self.result: RecipeResult = work.main.parsed
+        self.metrics: dict[str, Any] = work.main.result.metrics or {}
+        self.claims_by_id: dict[str, PlanClaim] = {c.id: c for c in mech.claims}
+        self.rows = Rows()
+
+    # ------------------------------------------------------------------ helpers
+
+    def measured(self, id: str, path: str, unit: str = "", record: JobRecord | None = None) -> str:
+        record = record or self.main
+        value = float(metric_at(record.result.metrics or {}, path))
+        return self.ctx.book.measured(
+            id, value, unit, job=record.key, metric=path, percent=unit == "ratio"
+        )
+
+    def planned(self, id: str, text: str) -> str:
+        """Plan prose (gotchas, labels, finance angle): its numbers cite the Plan's source."""
+        return self.ctx.book.text_numbers(
+            f"{self.mech.source}.{self.mech.key}.{id}", text, job="", catalog=True
+        )
+
+    @property
+    def setup(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.work.reproduction.args.items())  # type: ignore[union-attr]
+        return f"{self.main.result.backend} sandbox, {self.result.env.device}; {args}"
+
+    # ------------------------------------------------------------------ claims
+
+    def build_rows(self) -> Rows:
+        spread_runs = [self.main, *[p for p in self.work.profile if p.parsed is not None]]
+        for i, claim in enumerate(self.result.claims):
+            plan_claim = self.claims_by_id.get(claim.id)
+            kind = plan_claim.kind if plan_claim else "paper"
+            path = f"claims.{i}.measured_value"
+            measured = self.measured(f"{claim.id}.measured", path, claim.unit)
+            if claim.reference == "baseline":  # a value this run measured, not cited
+                base = self.measured(f"{claim.id}.baseline", f"claims.{i}.paper_value", claim.unit)
+                reference = f"{base} (measured baseline)"
+            elif kind == "implementation":
+                reference = self._expected(claim, "by construction")
+            else:
+                reference = self._paper_cell(claim, plan_claim)
+            spread = self._spread(claim.id, claim.unit, spread_runs)
+            text = cell(
+                self.ctx.book.text_numbers(f"{claim.id}.text", claim.claim, job=self.main.key)
+            )
+            row = f"| {text} | {reference} | {measured} | {spread} | **{claim.verdict}** |"
+            if kind == "implementation":
+                self.rows.implementation.append(row)
+                self.rows.checks.append(claim)
+            else:
+                self.rows.paper.append(row)
+                self.rows.paper_claims.append(claim)
+            self.ctx.findings.append(
+                Finding(
+                    id=f"{self.ctx.run_id}:{claim.id}",
+                    paper=self.ctx.paper_title,
+                    source=self.ctx.source,
+                    mechanism=self.mech.key,
+                    claim=claim.claim,
+                    metric=claim.metric or claim.id,
+                    paper_value=claim.paper_value,
+                    measured_value=claim.measured_value,
+                    unit=claim.unit,
+                    verdict=claim.verdict,
+                    setup=self.setup,
+                    evidence=f"run {self.ctx.run_id}, job {self.main.key}, metric {path}",
+                    gotchas=list(self.mech.gotchas[:2]),
+                    run_id=self.ctx.run_id,
+                )
+            )
+        self.rows.paper += self._not_checkable_rows()
+        return self.rows
+
+    def _expected(self, claim: ClaimResult, why: str) -> str:
+        value = self.ctx.book.derived(
+            f"{claim.id}.expected",
+            claim.paper_value,
+            claim.unit,
+            formula=f"claim {claim.id} at the run's configuration ({why})",
+            percent=claim.unit == "ratio",
+        )
+        return f"{value} (expected {why})"
+
+    def _paper_cell(self, claim: ClaimResult, plan_claim: PlanClaim | None) -> str:
+        quote = plan_claim.quote if plan_claim else None
+        match = stated_in(quote, claim.paper_value) if quote else None
+        if quote is not None and match is not None:
+            as_written, value = match
+            shown = self.ctx.book.paper(f"{claim.id}.paper", value, claim.unit, quote, as_written)
+            return f"{shown} (stated, {self.ctx.at}{quote.page})"
+        return "not stated; " + self._expected(claim, "at our scale")
+
+    def _spread(self, cid: str, unit: str, runs: list[JobRecord]) -> str:
+        """Min–max of a claim's measured value over the main and profiler runs."""
+        values: list[tuple[float, JobRecord, int]] = []
+        for record in runs:
+            found = record.parsed.claim(cid) if record.parsed else None
+            if found is not None:
+                values.append((found[1].measured_value, record, found[0]))
+        if len(values) < 2:
+            return "—"
+        low = min(values, key=lambda v: v[0])
+        high = max(values, key=lambda v: v[0])
+        lo = self.measured(f"{cid}.min", f"claims.{low[2]}.measured_value", unit, low[1])
+        hi = self.measured(f"{cid}.max", f"claims.{high[2]}.measured_value", unit, high[1])
+        n = self.ctx.book.derived(f"{cid}.runs", len(values), "", formula="runs compared")
+        return f"{lo} – {hi} ({n} runs)" if lo != hi else f"{lo} in all {n} runs"
+
+    def _not_checkable_rows(self) -> list[str]:
+        rows: list[str] = []
+        for j, item in enumerate(self.mech.not_checkable):
+            quote = item.quote
+            key = f"{self.mech.key}.not_checkable.{j}"
+            text = cell(self.ctx.book.paper_quote(key, quote))
+            rows.append(
+                f"| {text} ({self.ctx.at}{quote.page}) | as stated | — | — | **not checkable**: "
+                f"{cell(item.why)} |"
+            )
+            self.ctx.findings.append(
+                Finding(
+                    id=f"{self.ctx.run_id}:{key}",
+                    paper=self.ctx.paper_title,
+                    source=self.ctx.source,
+                    mechanism=self.mech.key,
+                    claim=quote.text,
+                    metric="none",
+                    verdict="not checkable",
+                    setup=self.setup,
+                    evidence=f"paper {self.ctx.at}{quote.page}; reason: {item.why}",
+                    gotchas=[item.why],
+                    run_id=self.ctx.run_id,
+                )
+            )
+        return rows
+
+    # ------------------------------------------------------------------ text
+
+    def tldr_lines(self) -> list[str]:
+        lines: list[str] = []
+        for claim in self.rows.paper_claims:
+            index, _ = self.result.claim(claim.id) or (0, claim)
+            shown = self.measured(f"tldr.{claim.id}", f"claims.{index}.measured_value", claim.unit)
+            text = self.ctx.book.text_numbers(
+                f"tldr.{claim.id}.text", claim.claim, job=self.main.key
+            )
+            lines.append(f"  - {text}: measured {shown} — **{claim.verdict}**")
+        return lines
+
+    def body(self) -> list[str]:
+        m = self.mech
+        role = (
+            "introduced by this paper"
+            if m.role == "introduces"
+            else "a mechanism this paper builds on; its results are not this paper's"
+        )
+        lines = [f"## {m.title}", "", f"*{role}.*", "", "### The mechanism", ""]
+        if m.summary:
+            lines += [self.planned("summary", m.summary), ""]
+        for q in m.quotes[:2]:
+            quoted = self.ctx.book.paper_quote(f"{m.key}.mechanism.quote", q)
+            lines += [f"> {quoted} ({self.ctx.at}{q.page})", ""]
+        lines += self._setup()
+        lines += [
+            "### Claims: paper vs measured",
+            "",
+            "| Claim | Paper | Measured (ours) | Across runs | Verdict |",
+            "|---|---|---|---|---|",
+            *(self.rows.paper or ["| (no claim of the paper checked) | — | — | — | — |"]),
+            "",
+        ]
+        if self.rows.implementation:
+            lines += [
+                "### Checks of the implementation",
+                "",
+                "These hold by construction when the code is right: they validate the code, "
+                "they are not reproduced claims of the paper.",
+                "",
+                "| Check | Expected | Measured (ours) | Across runs | Verdict |",
+                "|---|---|---|---|---|",
+                *self.rows.implementation,
+                "",
+            ]
+        lines += self._measurements()
+        lines += self._figures()
+        if m.gotchas:
+            lines += ["### Gotchas", ""]
+            lines += [f"- {self.planned('gotcha', g)}" for g in m.gotchas]
+            lines.append("")
+        return lines
+
+    def _setup(self) -> list[str]:
+        repro = self.work.reproduction
+        assert repro is not None
+        env = self.result.env
+        note = repro.note[:1].upper() + repro.note[1:]
+        attempts = self.ctx.book.derived(
+            f"{self.mech.key}.attempts", self.work.attempts, "", formula="main-job launches"
+        )
+        lines = [
+            "### Setup and scale-down record",
+            "",
+            f"Ran in the `{self.main.result.backend}` sandbox, torch `{env.torch}`, device "
+            f"`{env.device}`, in {attempts} attempt(s). {note}.",
+            "",
+            "| Hyperparameter | Paper | Ours | Source |",
+            "|---|---|---|---|",
+        ]
+        by_name = {h.name: h for h in self.mech.hyperparameters}
+        for row in self.mech.scale_down:
+            hp = by_name.get(row.name)
+            if row.paper is None:
+                paper_cell = "not stated"
+            elif hp is not None and row.source.startswith("paper"):
+                paper_cell = self.ctx.book.paper(f"hp.{row.name}", row.paper, "", hp.quote)
+            else:
+                paper_cell = self.ctx.book.config(f"hp.{row.name}", row.paper, where=row.source)
+            ours_value = repro.args.get(row.name, row.ours)
+            ours = (
+                self.ctx.book.config(f"ours.{row.name}", float(ours_value), where="job arguments")
+                if is_number(ours_value)
+                else str(ours_value)
+            )
+            label = cell(self.planned(f"row.{row.name}", row.description))
+            lines.append(f"| {label} | {paper_cell} | {ours} | {cell(row.source)} |")
+        lines += ["", "What carries over from this scale:", ""]
+        lines += [f"- {self.planned('carries', c)}" for c in self.mech.carries_over]
+        lines += ["", "What does not:", ""]
+        lines += [f"- {self.planned('not_carries', c)}" for c in self.mech.does_not_carry_over]
+        lines.append("")
+        return lines
+
+    def _measurements(self) -> list[str]:
+        variants = self.result.variants
+        if not variants:
+            return []
+        columns = [(c.metric, c.label) for c in self.mech.table] or [
+            (k, k.replace("_", " "))
+            for k in dict.fromkeys(
+                k for v in variants.values() for k, x in v.items() if is_number(x)
+            )
+        ]
+        lines = [
+            "### Measurements",
+            "",
+            "| Variant | "
+            + " | ".join(self.planned("column", label) for _, label in columns)
+            + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for name, values in variants.items():
+            cells = [
+                self.measured(f"{self.mech.key}.{name}.{key}", f"variants.{name}.{key}")
+                if is_number(values.get(key))
+                else "—"
+                for key, _ in columns
+            ]
+            lines.append(f"| {cell(name)} | " + " | ".join(cells) + " |")
+        lines.append("")
+        return lines
+
+    def _figures(self) -> list[str]:
+        shown: list[str] = []
+        key = self.mech.key
+        for spec in self.mech.figures:
+            points: dict[tuple[str, float], list[tuple[float, str]]] = {}
+            for record in self.work.profile:
+                for i, row in enumerate(record.parsed.grid if record.parsed else []):
+                    if spec.x not in row or spec.y not in row:
+                        continue
+                    where = (str(row.get("variant", "")), float(row[spec.x]))
+                    points.setdefault(where, []).append(
+                        (float(row[spec.y]), f"{record.key}:grid.{i}.{spec.y}")
+                    )
+            series: dict[str, list[tuple[float, float]]] = {}
+            for (variant, x), samples in sorted(points.items()):
+                avg = sum(v for v, _ in samples) / len(samples)
+                sources = " + ".join(s for _, s in samples)
+                self.ctx.book.derived(
+                    f"{key}.grid.{variant}.{x:g}", avg, "", formula=f"mean of {sources}"
+                )
+                series.setdefault(variant, []).append((x, avg))
+            if series:
+                name = (
+                    f"{key}-grid-{spec.y}.png" if len(self.mech.figures) > 1 else f"{key}-grid.png"
+                )
+                self.ctx.figures.append(
+                    Figure(
+                        name=name,
+                        title=spec.title,
+                        xlabel=spec.xlabel,
+                        ylabel=spec.ylabel,
+                        series=series,
+                    )
+                )
+                shown.append(name)
+        for cname, curve in self.result.curves.items():
+            if curve.series:
+                name = f"{key}-{cname}.png"
+                self.ctx.figures.append(
+                    Figure(
+                        name=name,
+                        title=curve.title or cname,
+                        xlabel=curve.xlabel,
+                        ylabel=curve.ylabel,
+                        series={str(k): list(v) for k, v in curve.series.items()},
+                    )
+                )
+                shown.append(name)
+        if not shown:
+            return []
+        lines = ["### Figures", ""]
+        for name in shown:
+            lines += [f"![{name}](figures/{name})", ""]
+        lines += [
+            "Plotted values come from the jobs' `metrics.json` under `results/`; profiler "
+            "means are listed in `evidence.json`.",
+            "",
+        ]
+        return lines

@@ -1,0 +1,138 @@
+"""What a gate shows, and how an answer becomes state.
+
+A gate's question (`gate_summary`) is a plain JSON-able dict: enough to decide, nothing
+to scroll; the full material (plan.json, the job's files, the draft) is written to the
+review folder by the run layer. An answer is `{"approved": bool, "reason": str}`, and
+at the plan gate optionally `"plan"`: an edited Plan, already checked by
+`check_plan_edit` before the run resumes, so a bad file leaves the run paused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from reprodesk.plan import Plan
+from reprodesk.schemas import Decision, Outcome, UserError
+from reprodesk.state import RunState
+
+
+def _plan_summary(plan: Plan, at: str) -> dict[str, Any]:
+    mechanisms = []
+    for m in plan.mechanisms:
+        entry: dict[str, Any] = {
+            "key": m.key,
+            "title": m.title,
+            "role": m.role,
+            "score": m.score,
+            "selected": m.selected and m.reproducible,
+        }
+        if m.quotes:
+            entry["quote"] = f"{at}{m.quotes[0].page}: {m.quotes[0].text[:160]}"
+        if not m.reproducible:
+            entry["not reproduced"] = m.not_reproduced_because
+        else:
+            entry["claims"] = [
+                f"[{c.kind}] {c.statement} — "
+                + (f"stated {at}{c.quote.page}" if c.quote else "not stated in the paper")
+                for c in m.claims
+            ]
+            entry["scale-down"] = {
+                r.name: f"paper {'not stated' if r.paper is None else f'{r.paper:g}'} -> "
+                f"ours {m.args.get(r.name, r.ours)}"
+                for r in m.scale_down
+            }
+            entry["estimated_s"] = round(m.estimated_s, 1)
+        mechanisms.append(entry)
+    return {
+        "mechanisms": mechanisms,
+        "estimated_s": round(sum(m.estimated_s for m in plan.to_reproduce()), 1),
+        "notes": plan.notes,
+    }
+
+
+def gate_summary(gate: str, state: RunState) -> dict[str, Any]:
+    """What the human sees at `gate`."""
+    at = "s." if state.paper.page_unit == "section" else "p."
+    if gate == "plan":
+        assert state.plan is not None
+        return _plan_summary(state.plan, at)
+    if gate == "code":
+        jobs = []
+        for w in state.work.values():
+            if w.status != "pending" or w.reproduction is None:
+                continue
+            r = w.reproduction
+            grid = state.plan.get(w.key).grid if state.plan else {}
+            jobs.append(
+                {
+                    "mechanism": w.key,
+                    "script": r.script,
+                    "command": " ".join(r.job.argv),
+                    "lines_of_code": sum(len(t.splitlines()) for t in r.job.files.values()),
+                    "attempt": r.attempt,
+                    "note": r.note,
+                    "limits": r.job.limits.model_dump(),
+                    "then profiled with": sorted(grid),
+                }
+            )
+        return {"jobs": jobs}
+    assert state.draft is not None
+    critique = state.critique
+    return {
+        "tldr": state.draft.markdown.split("## TL;DR", 1)[-1].split("\n## ", 1)[0].strip(),
+        "findings": len(state.draft.findings),
+        "critic_approved": bool(critique and critique.approved),
+        "critic_issues": critique.issues if critique else [],
+    }
+
+
+def check_plan_edit(state: RunState, data: Any, label: str) -> Plan:
+    """An edited plan, validated against the one the Reader made (a UserError if not).
+
+    Mechanisms can be dropped, added back (any the Reader found) and their values
+    edited; a mechanism the paper never mentions cannot be added.
+    """
+    assert state.plan is not None
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise UserError(f"{label}: not a valid plan: {where}: {first['msg']}") from exc
+    found = {m.key: m for m in state.plan.mechanisms}
+    for m in plan.mechanisms:
+        if m.key not in found:
+            raise UserError(
+                f"{label}: mechanism '{m.key}' is not one the paper mentions "
+                f"(found: {', '.join(found) or 'none'})"
+            )
+        if m.selected and not m.reproducible:
+            raise UserError(
+                f"{label}: mechanism '{m.key}' cannot be reproduced: {m.not_reproduced_because}"
+            )
+        if m.script != found[m.key].script:
+            raise UserError(f"{label}: mechanism '{m.key}': the script cannot be changed here")
+    if not plan.to_reproduce():
+        raise UserError(f"{label}: selects no mechanism to reproduce; reject the run instead")
+    return plan
+
+
+def apply_answer(gate: str, state: RunState, answer: Any) -> dict[str, Any]:
+    """The state update for a gate's answer."""
+    approved = bool(answer.get("approved")) if isinstance(answer, dict) else bool(answer)
+    reason = str(answer.get("reason", "")) if isinstance(answer, dict) else ""
+    edited = isinstance(answer, dict) and answer.get("plan") is not None and gate == "plan"
+    update: dict[str, Any] = {
+        "decisions": [
+            Decision(gate=gate, approved=approved, reason=reason, by="user", edited=edited)
+        ]
+    }
+    if edited and approved:
+        update["plan"] = check_plan_edit(state, answer["plan"], "the edited plan")
+    if not approved:
+        update["outcome"] = Outcome(
+            status="rejected", message=f"rejected at the {gate} gate: {reason or 'no reason'}"
+        )
+    return update

@@ -1,0 +1,244 @@
+"""Every path through the `Runs` service, in-process: the real graph, checkpointer, policies
+and run layer; a fake sandbox with canned results, a list store; no bubblewrap, no network.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.offline.reproducer import OfflineReproducer
+from agents.policies import Policies, offline_policies
+from graphs.lease import Lease, RunBusy
+from graphs.runs import Event, RunView
+from reprodesk.compose import App, build_app
+from reprodesk.schemas import Critique, Draft, Job, Limits, RunResult, UserError
+from reprodesk.settings import Settings
+from tests.fakes import FakeSandbox, ListStore, ScriptedChatModel
+from tools.papers import load_paper
+from tools.run_code import code_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def _app(
+    tmp_path: Path,
+    *,
+    gates: tuple[str, ...] = (),
+    sandbox: FakeSandbox | None = None,
+    policies: Policies | None = None,
+) -> tuple[App, FakeSandbox, ListStore]:
+    settings = Settings(home=tmp_path / "home", gates=list(gates))  # type: ignore[arg-type]
+    box, store = sandbox or FakeSandbox(), ListStore()
+    app = build_app(
+        settings, sandbox=box, policies=policies or offline_policies(Limits()), store=store
+    )
+    return app, box, store
+
+
+def _last(events: Any) -> RunView:
+    seen: list[Event] = list(events)
+    assert seen and seen[-1].view is not None
+    return seen[-1].view
+
+
+def _start(app: App, note: str, **kw: Any) -> RunView:
+    paper = load_paper(str(EXAMPLES / note))
+    return _last(app.runs.start(paper, policy=app.policy(), run_id="r1", **kw))
+
+
+def test_publish_path_writes_writeup_trace_and_findings(tmp_path: Path) -> None:
+    app, box, store = _app(tmp_path)
+    view = _start(app, "mla_note.md")
+    assert view.status == "published" and view.mechanisms == ["mla"]
+    folder = tmp_path / "home" / "runs" / "r1"
+    md = (folder / "writeup.md").read_text()
+    assert "## Multi-head Latent Attention" in md and "### Checks of the implementation" in md
+    assert (folder / "trace.jsonl").read_text().count("\n") == len(app.runs.timeline("r1"))
+    assert (folder / "plan.json").is_file() and (folder / "code" / "mla" / "mla.py").is_file()
+    # main job + the plan's two grid jobs, each launched once
+    assert [j.argv[1] for j in box.launched] == ["mla.py"] * 3
+    assert {f.mechanism for f in store} == {"mla"}
+
+
+def test_two_mechanisms_get_a_section_each_and_one_tldr(tmp_path: Path) -> None:
+    app, box, store = _app(tmp_path)
+    view = _start(app, "deepseek_v2_note.md")
+    assert view.status == "published"
+    assert sorted(view.mechanisms) == ["deepseek_moe", "mla"]
+    md = (tmp_path / "home" / "runs" / "r1" / "writeup.md").read_text()
+    assert md.count("## TL;DR") == 1
+    assert "## DeepSeekMoE" in md and "## Multi-head Latent Attention" in md
+    assert {f.mechanism for f in store} == {"deepseek_moe", "mla"}
+    assert {j.argv[1] for j in box.launched} == {"deepseek_moe.py", "mla.py"}
+
+
+def test_mechanism_flag_restricts_the_plan(tmp_path: Path) -> None:
+    app, box, _ = _app(tmp_path)
+    view = _start(app, "deepseek_v2_note.md", restrict=["mla"])
+    assert view.mechanisms == ["mla"] and {j.argv[1] for j in box.launched} == {"mla.py"}
+    with pytest.raises(UserError, match="--mechanism nope"):
+        app.runs.start(
+            load_paper(str(EXAMPLES / "mla_note.md")), policy=app.policy(), restrict=["nope"]
+        )
+
+
+def test_contribution_not_in_the_catalog_is_said_first(tmp_path: Path) -> None:
+    app, _, _ = _app(tmp_path)
+    view = _start(app, "sparse_mla_note.md")
+    assert view.status == "published" and view.mechanisms == ["mla"]
+    assert view.not_reproduced == ["Token-Routed Sparse Attention (TRSA)"]
+    assert "not reproduced: Token-Routed Sparse Attention" in (
+        view.outcome.message if view.outcome else ""
+    )
+    md = (tmp_path / "home" / "runs" / "r1" / "writeup.md").read_text()
+    head = md.split("## TL;DR")[0]
+    assert "**Not reproduced: Token-Routed Sparse Attention (TRSA)**" in head
+    assert "builds on" in head and "not this paper's" in head
+
+
+def test_repair_loop_shrinks_after_a_timeout(tmp_path: Path) -> None:
+    def first_times_out(job: Job, n: int) -> RunResult | None:
+        return RunResult(status="timeout", message="wall time") if n == 1 else None
+
+    app, box, _ = _app(tmp_path, sandbox=FakeSandbox(respond=first_times_out))
+    view = _start(app, "mla_note.md")
+    assert view.status == "published"
+    state = app.runs.state("r1")
+    work = state.work["mla"]
+    assert work.attempts == 2 and [h.result.status for h in work.history] == ["timeout"]
+    first, second = box.launched[0].argv, box.launched[1].argv
+    i = first.index("--prompt-len")
+    assert int(second[i + 1]) == int(first[i + 1]) // 2
+
+
+def test_a_metrics_line_that_does_not_validate_fails_the_attempt_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    def bad_line(job: Job, n: int) -> RunResult | None:
+        metrics = {
+            "recipe": "mla",
+            "config": {},
+            "env": {"torch": "t", "device": "cpu"},
+            "claims": [
+                {"id": "x", "claim": "c", "paper_value": 1, "measured_value": 1, "verdict": "maybe"}
+            ],
+        }
+        return RunResult(status="ok", metrics=metrics)
+
+    app, _, _ = _app(tmp_path, sandbox=FakeSandbox(respond=bad_line))
+    view = _start(app, "mla_note.md")
+    assert view.status == "failed"
+    main = app.runs.state("r1").work["mla"].main
+    assert main is not None and main.result.status == "error"
+    assert "claims.0.verdict" in main.result.message
+
+
+def test_critic_loop_sends_the_draft_back_once(tmp_path: Path) -> None:
+    base = offline_policies(Limits())
+    rounds: list[int] = []
+
+    def strict_first(draft: Draft, round_: int) -> Critique:
+        rounds.append(round_)
+        if round_ == 1:
+            return Critique(approved=False, issues=["say more"], round=round_)
+        return base.review(draft, round_)
+
+    app, _, _ = _app(tmp_path, policies=replace(base, review=strict_first))
+    view = _start(app, "mla_note.md")
+    assert view.status == "published" and rounds == [1, 2]
+    assert app.runs.state("r1").draft.round == 2  # type: ignore[union-attr]
+
+
+def test_paused_run_resumes_and_a_rejection_ends_it(tmp_path: Path) -> None:
+    app, box, _ = _app(tmp_path, gates=("code", "publish"))
+    view = _start(app, "mla_note.md")
+    assert view.gate == "code" and box.launched == []
+    review = Path(view.review or "")
+    assert (review / "mla" / "mla.py").is_file() and (review / "mla" / "command.txt").is_file()
+    with pytest.raises(UserError, match="approve or reject"):
+        app.runs.resume("r1")
+    view = _last(app.runs.resume("r1", approve=True))
+    assert view.gate == "publish" and (Path(view.review or "") / "writeup.md").is_file()
+    view = _last(app.runs.resume("r1", approve=False, reason="numbers look off"))
+    assert view.status == "rejected" and "numbers look off" in (
+        view.outcome.message if view.outcome else ""
+    )
+    with pytest.raises(UserError, match="already ended"):
+        app.runs.resume("r1", approve=True)
+
+
+def test_plan_gate_edit_drops_a_mechanism_and_bad_plans_leave_it_paused(tmp_path: Path) -> None:
+    app, box, _ = _app(tmp_path, gates=("plan",))
+    view = _start(app, "deepseek_v2_note.md")
+    assert view.gate == "plan"
+    plan = json.loads((Path(view.review or "") / "plan.json").read_text())
+    for m in plan["mechanisms"]:
+        m["selected"] = m["key"] == "mla"
+    bad = json.loads(json.dumps(plan))
+    bad["mechanisms"][0]["key"] = "never_mentioned"
+    with pytest.raises(UserError, match="not one the paper mentions"):
+        app.runs.resume("r1", plan=bad)
+    with pytest.raises(UserError, match="not a valid plan"):
+        app.runs.resume("r1", plan={"mechanisms": [{"key": 3}]})
+    assert app.runs.status("r1").gate == "plan"  # still paused, still resumable
+    view = _last(app.runs.resume("r1", plan=plan))
+    assert view.status == "published" and view.mechanisms == ["mla"]
+    assert {j.argv[1] for j in box.launched} == {"mla.py"}
+    assert app.runs.state("r1").last_decision("plan").edited  # type: ignore[union-attr]
+
+
+def test_profiler_runs_the_approved_bytes_not_the_file_on_disk(tmp_path: Path) -> None:
+    recipes = tmp_path / "recipes"
+    shutil.copytree(ROOT / "recipes", recipes, ignore=shutil.ignore_patterns("__pycache__"))
+    policies = replace(
+        offline_policies(Limits()), reproduce=OfflineReproducer(Limits(), recipes_dir=recipes)
+    )
+    app, box, _ = _app(tmp_path, gates=("code",), policies=policies)
+    view = _start(app, "mla_note.md")
+    assert view.gate == "code"
+    approved = app.runs.state("r1").work["mla"].reproduction
+    assert approved is not None
+    (recipes / "mla.py").write_text("import os; os.system('echo changed after the gate')\n")
+    assert _last(app.runs.resume("r1", approve=True)).status == "published"
+    hashes = {code_hash(j.files) for j in box.launched}
+    assert len(box.launched) == 3 and hashes == {code_hash(approved.job.files)}
+    work = app.runs.state("r1").work["mla"]
+    assert {p.code_hash for p in work.profile} == {work.main.code_hash}  # type: ignore[union-attr]
+
+
+def test_fork_continues_from_a_step_as_a_new_run(tmp_path: Path) -> None:
+    app, box, _ = _app(tmp_path)
+    _start(app, "mla_note.md")
+    steps = app.runs.timeline("r1")
+    profiled = next(s for s in steps if s.ran == ["profiler"])
+    launched = len(box.launched)
+    new_id = app.runs.fork("r1", profiled.step, "r1-fork")
+    view = _last(app.runs.resume(new_id))
+    assert view.status == "published" and view.parent == f"r1@{profiled.step}"
+    assert len(box.launched) == launched  # from the profiler on: no job runs again
+    assert (tmp_path / "home" / "runs" / "r1-fork" / "writeup.md").is_file()
+    with pytest.raises(UserError, match="has no step 999"):
+        app.runs.fork("r1", 999)
+
+
+def test_a_second_driver_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    app, _, _ = _app(tmp_path, gates=("code",))
+    _start(app, "mla_note.md")
+    with Lease(app.deps.home, "r1"), pytest.raises(RunBusy, match=r"driven by pid \d+"):
+        list(app.runs.resume("r1", approve=True))
+    assert app.runs.status("r1").gate == "code"  # nothing moved
+    assert _last(app.runs.resume("r1", approve=True)).status == "published"
+
+
+def test_scripted_chat_model_answers_in_order_and_runs_out_loudly() -> None:
+    model = ScriptedChatModel(responses=["one", "two"])
+    assert [model.invoke("a").content, model.invoke("b").content] == ["one", "two"]
+    with pytest.raises(AssertionError, match="ran out"):
+        model.invoke("c")
