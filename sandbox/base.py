@@ -6,26 +6,37 @@ back a `RunResult`. This module holds the parts that do not depend on how the pr
 is isolated:
 
 - laying out the files (absolute names and `..` are refused, nothing is written
-  outside the job dir);
-- the in-sandbox launcher that sets the rlimits (address space, processes, file size,
-  core dumps), drops to uid 65534 where it runs as root, closes stray fds and execs
-  the job's command;
-- supervising the process: wall-time kill of the whole process group, an RSS watchdog
-  (GPU jobs, where CUDA's huge address-space reservations rule out RLIMIT_AS), peak
-  memory, and head+tail capture of stdout/stderr with the full logs (capped) saved
-  next to the job dir;
+  outside the job dir; an `owner` file next to it says which process ran it, for
+  `sandbox.retention`);
+- the in-sandbox launcher that sets the rlimits (address space, processes, file size
+  at most the disk quota, core dumps), drops to uid 65534 where it runs as root,
+  closes stray fds and execs the job's command;
+- supervising the process: wall-time kill of the whole process group, the `Meter`
+  (memory as PSS plus the job's tmpfs, disk as its folder plus its tmpfs; a job over
+  either limit is killed), and head+tail capture of stdout/stderr with the full logs
+  (capped) saved next to the job dir;
 - the metrics line (the last JSON object line of stdout), the status decision and the
-  artifacts (regular files under `out/`, capped).
+  artifacts (`sandbox.artifacts`: regular files under `out/`, capped).
+
+Limits (`reprodesk.schemas.Limits`) and who enforces them: wall time (we kill),
+memory (RLIMIT_AS for CPU jobs, the meter for all), tmpfs (the size of /tmp and
+/dev/shm, each at most the memory limit, counted as memory and as disk), disk (the
+meter: status "quota"), processes (RLIMIT_NPROC where the job is not root; cgroup pids
+under Docker), output (head+tail kept, logs capped at `LOG_CAP_BYTES`).
 
 What a backend covers is said in its own module; what no backend here covers:
 
 - CPU time and CPU share: only the wall time is limited.
-- Disk usage: RLIMIT_FSIZE caps each file, not the number of files in the job dir.
+- Memory and disk are sampled every `WATCHDOG_EVERY_S`: a job can overshoot either by
+  what it allocates or writes between two samples (the hard caps: RLIMIT_AS, the
+  tmpfs sizes, RLIMIT_FSIZE per file). As a non-root user, a folder the job made
+  unreadable (mode 000) is not counted.
 - Memory on CPU jobs is RLIMIT_AS (address space), not RSS; a job that maps much more
   than it touches fails early, and the kernel's OOM killer remains the last resort.
 - Status "oom" is inferred from the job's stderr (MemoryError, "Cannot allocate
   memory", torch's allocator message) or from our watchdog; a job can print those
-  words and exit non-zero to be reported as oom. Signals are reported as "killed".
+  words and exit non-zero to be reported as oom ("No space left on device" likewise
+  gives "quota"). Signals are reported as "killed".
 - A job that exits with 129..192 under bwrap is indistinguishable from one killed by
   signal (code - 128): bwrap reports signals that way.
 """
@@ -37,7 +48,6 @@ import json
 import os
 import selectors
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -47,23 +57,34 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, runtime_checkable
 
 from reprodesk.schemas import Job, Limits, RunResult, RunStatus
+from sandbox.artifacts import (
+    MAX_ARTIFACT_BYTES,
+    MAX_ARTIFACTS,
+    MAX_ARTIFACTS_TOTAL_BYTES,
+    collect_artifacts,
+)
+from sandbox.capture import LOG_CAP_BYTES, StreamCapture
+from sandbox.meter import WATCHDOG_EVERY_S, Meter, file_size_bytes, tmpfs_bytes
+from sandbox.owner import owner_id
+from sandbox.retention import OWNER_FILE
+
+__all__ = [
+    "LOG_CAP_BYTES",
+    "MAX_ARTIFACTS",
+    "MAX_ARTIFACTS_TOTAL_BYTES",
+    "MAX_ARTIFACT_BYTES",
+    "WATCHDOG_EVERY_S",
+    "Meter",
+    "StreamCapture",
+    "collect_artifacts",
+    "tmpfs_bytes",
+]
 
 JOB_UID = 65534
 """uid/gid the job runs as inside a sandbox ("nobody"); not root, so RLIMIT_NPROC holds."""
 
-LOG_CAP_BYTES = 16 * 1024 * 1024
-"""Most of one stream saved to stdout.log / stderr.log."""
-
-MAX_ARTIFACTS = 100
-MAX_ARTIFACT_BYTES = 128 * 1024 * 1024
-"""Largest single artifact kept; larger files under out/ are left out."""
-MAX_ARTIFACTS_TOTAL_BYTES = 512 * 1024 * 1024
-
 DRAIN_GRACE_S = 2.0
 """How long to keep reading the pipes after the job's main process ended."""
-
-SAMPLE_EVERY_S = 0.5
-WATCHDOG_EVERY_S = 0.2
 
 PYTHON_NAMES = frozenset({"python", "python3"})
 """argv[0] values that mean the sandbox's own interpreter."""
@@ -76,6 +97,7 @@ OOM_MARKERS = (
     "OutOfMemoryError",
     "std::bad_alloc",
 )
+NO_SPACE_MARKER = "No space left on device"
 
 NO_GPU_MESSAGE = "job asks for a GPU but this machine has none"
 
@@ -141,6 +163,7 @@ def lay_out(job: Job, work_root: Path) -> JobDir:
     )
     jd.work.mkdir()
     jd.tmp.mkdir()
+    (root / OWNER_FILE).write_text(owner_id() + "\n", encoding="utf-8")
     for name, rel in relpaths.items():
         target = jd.work / rel
         try:
@@ -228,73 +251,11 @@ def launcher_argv(
         LAUNCHER,
         str(address_space),
         str(processes),
-        str(limits.file_size_mb * mb),
+        str(file_size_bytes(limits)),
         "0",
         str(-1 if uid is None else uid),
         *command,
     ]
-
-
-# --------------------------------------------------------------------------- capture
-
-
-class StreamCapture:
-    """Keeps the first and last `limit // 2` bytes of a stream, and logs it (capped)."""
-
-    def __init__(self, limit: int, log_path: Path | None = None, log_cap: int = LOG_CAP_BYTES):
-        self.head_size = limit // 2
-        self.tail_size = limit - self.head_size
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-        self.log_cap = log_cap
-        self.logged = 0
-        # O_EXCL|O_NOFOLLOW: never write through something that was there before us.
-        self._log = (
-            os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW), "wb")
-            if log_path is not None
-            else None
-        )
-
-    def feed(self, chunk: bytes) -> None:
-        self.total += len(chunk)
-        if self._log is not None and self.logged < self.log_cap:
-            part = chunk[: self.log_cap - self.logged]
-            self._log.write(part)
-            self.logged += len(part)
-        room = self.head_size - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk and self.tail_size > 0:
-            self.tail += chunk
-            if len(self.tail) > 2 * self.tail_size:
-                del self.tail[: -self.tail_size]
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > self.head_size + self.tail_size
-
-    def close(self) -> None:
-        if self._log is None:
-            return
-        if self.total > self.logged:
-            self._log.write(
-                b"\n... [log capped; %d more bytes not saved] ...\n" % (self.total - self.logged)
-            )
-        self._log.close()
-        self._log = None
-
-    def text(self) -> str:
-        if not self.truncated:
-            return (self.head + self.tail).decode("utf-8", errors="replace")
-        tail = bytes(self.tail[-self.tail_size :]) if self.tail_size else b""
-        cut = self.total - len(self.head) - len(tail)
-        return (
-            self.head.decode("utf-8", errors="replace")
-            + f"\n... [truncated {cut} bytes] ...\n"
-            + tail.decode("utf-8", errors="replace")
-        )
 
 
 # --------------------------------------------------------------------------- supervise
@@ -312,41 +273,12 @@ class Outcome:
     peak_memory_mb: float | None
     stdout: StreamCapture
     stderr: StreamCapture
-
-
-def _process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, from one scan of /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, ()))
-    return tree
-
-
-def tree_rss_mb(root: int) -> float:
-    """Summed resident memory of `root` and its descendants, in MB."""
-    kb = 0
-    for pid in _process_tree(root):
-        try:
-            with open(f"/proc/{pid}/status", "rb") as fh:
-                for line in fh:
-                    if line.startswith(b"VmRSS:"):
-                        kb += int(line.split()[1])
-                        break
-        except (OSError, ValueError, IndexError):
-            continue
-    return kb / 1024
+    oom_message: str = ""
+    """Why our watchdog killed it for memory (empty when it did not)."""
+    quota_message: str = ""
+    """Why it is over its disk quota (empty when it is not)."""
+    tmpfs_full: bool = False
+    peak_disk_mb: float | None = None
 
 
 def _kill_group(pgid: int) -> None:
@@ -361,13 +293,14 @@ def supervise(
     started: float,
     stdout: StreamCapture,
     stderr: StreamCapture,
-    rss_limit_mb: int | None = None,
+    meter: Meter,
 ) -> Outcome:
-    """Pump the job's output until it ends; kill its process group on timeout or RSS excess.
+    """Pump the job's output until it ends; kill its process group on timeout or a limit.
 
     `proc` must lead its own process group (start_new_session=True). The exit is seen
     through a pidfd without reaping, so the group id cannot be reused while we kill
-    leftovers; `wait4` then reaps it and gives the tree's peak RSS.
+    leftovers; `wait4` then reaps it and gives the largest RSS of one process. `meter`
+    samples memory and disk every `WATCHDOG_EVERY_S` and says when to kill.
     """
     assert proc.stdout is not None and proc.stderr is not None
     pidfd = os.pidfd_open(proc.pid)
@@ -376,12 +309,10 @@ def supervise(
     sel.register(proc.stderr.fileno(), selectors.EVENT_READ, stderr)
     sel.register(pidfd, selectors.EVENT_READ, None)
     deadline = started + wall_s
-    every = WATCHDOG_EVERY_S if rss_limit_mb is not None else SAMPLE_EVERY_S
-    next_sample = time.monotonic() + every
-    timed_out = oom_killed = exited = False
+    next_sample = time.monotonic() + WATCHDOG_EVERY_S
+    timed_out = killed_for_limit = exited = False
     drain_until = 0.0
     ended = 0.0
-    sampled_peak = 0.0
     try:
         while True:
             now = time.monotonic()
@@ -394,12 +325,10 @@ def supervise(
                 _kill_group(proc.pid)
                 deadline = float("inf")
             if not exited and now >= next_sample:
-                rss = tree_rss_mb(proc.pid)
-                sampled_peak = max(sampled_peak, rss)
-                if rss_limit_mb is not None and rss > rss_limit_mb:
-                    oom_killed = True
+                if meter.sample(proc.pid) and not killed_for_limit:
+                    killed_for_limit = True
                     _kill_group(proc.pid)
-                next_sample = now + every
+                next_sample = time.monotonic() + WATCHDOG_EVERY_S
             wake = drain_until if exited else min(deadline, next_sample)
             for key, _ in sel.select(timeout=max(0.0, wake - now)):
                 if key.data is None:
@@ -426,17 +355,44 @@ def supervise(
         proc.stderr.close()
         stdout.close()
         stderr.close()
-    # ru_maxrss (KB) is the largest RSS of any one process in the reaped tree; the
-    # samples catch what it misses (several large processes, a tree we had to kill).
-    peak = max(usage.ru_maxrss / 1024, sampled_peak)
-    return Outcome(
+    return metered_outcome(
+        meter,
         returncode=proc.returncode,
         timed_out=timed_out,
-        oom_killed=oom_killed,
-        duration_s=round(duration, 3),
+        duration_s=duration,
+        maxrss_kb=usage.ru_maxrss,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+def metered_outcome(
+    meter: Meter,
+    *,
+    returncode: int,
+    timed_out: bool,
+    duration_s: float,
+    maxrss_kb: int,
+    stdout: StreamCapture,
+    stderr: StreamCapture,
+) -> Outcome:
+    """The `Outcome` of a finished job with what its meter saw (and one last disk check)."""
+    meter.final()
+    # ru_maxrss (KB) is the largest RSS of any one process in the reaped tree; the
+    # samples (PSS of the whole tree plus its tmpfs) catch what it misses.
+    peak = max(maxrss_kb / 1024, meter.peak_memory_mb)
+    return Outcome(
+        returncode=returncode,
+        timed_out=timed_out,
+        oom_killed=bool(meter.oom),
+        duration_s=round(duration_s, 3),
         peak_memory_mb=round(peak, 1) if peak > 0 else None,
         stdout=stdout,
         stderr=stderr,
+        oom_message=meter.oom,
+        quota_message=meter.quota,
+        tmpfs_full=meter.tmpfs_full,
+        peak_disk_mb=round(meter.peak_disk_mb, 1),
     )
 
 
@@ -479,18 +435,30 @@ def decide_status(
     oom_killed: bool,
     stderr: str,
     limits: Limits,
+    quota: str = "",
+    tmpfs_full: bool = False,
+    oom_message: str = "",
 ) -> tuple[RunStatus, str]:
     """Status and a one-line message. Order: our kills first, then what the job said.
 
-    timeout: our wall-time killer fired. oom: our RSS watchdog fired, or the job failed
-    with an out-of-memory message on stderr. killed: any other signal. error: non-zero
-    exit. ok: exit 0 (whatever stderr says).
+    timeout: our wall-time killer fired. quota: the job went over its disk quota
+    (`quota` says how), or failed with a full /tmp or /dev/shm (we saw one full, or
+    it said "No space left on device"). oom: our memory watchdog fired, or the job
+    failed with an out-of-memory message on stderr. killed: any other signal. error:
+    non-zero exit. ok: exit 0 (whatever stderr says).
     """
     last = _last_line(stderr)
     if timed_out:
         return "timeout", f"wall time limit of {limits.wall_s:g} s reached; the job was killed"
+    if quota:
+        return "quota", quota
+    if returncode != 0 and (tmpfs_full or NO_SPACE_MARKER in stderr):
+        return "quota", (
+            f"out of space (disk quota {limits.disk_mb} MB; /tmp and /dev/shm "
+            f"{min(limits.tmpfs_mb, limits.memory_mb)} MB each): {last}"
+        )
     if oom_killed:
-        return "oom", f"resident memory passed {limits.memory_mb} MB; the job was killed"
+        return "oom", oom_message or f"memory passed {limits.memory_mb} MB; the job was killed"
     if returncode != 0 and any(marker in stderr for marker in OOM_MARKERS):
         return "oom", f"out of memory (limit {limits.memory_mb} MB): {last}"
     if returncode < 0:
@@ -498,35 +466,6 @@ def decide_status(
     if returncode != 0:
         return "error", f"exit code {returncode}" + (f": {last}" if last else "")
     return "ok", "exit code 0"
-
-
-def collect_artifacts(jd: JobDir) -> dict[str, str]:
-    """Regular files under out/ (no symlinks, capped) and the saved logs, by relative name."""
-    found: dict[str, str] = {}
-    total = 0
-    try:
-        out_is_dir = stat.S_ISDIR(os.lstat(jd.out).st_mode)
-    except OSError:
-        out_is_dir = False
-    if out_is_dir:
-        for dirpath, dirnames, filenames in os.walk(jd.out):  # does not follow symlinks
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ARTIFACT_BYTES:
-                    continue
-                if len(found) >= MAX_ARTIFACTS or total + st.st_size > MAX_ARTIFACTS_TOTAL_BYTES:
-                    break
-                total += st.st_size
-                found[str(path.relative_to(jd.work))] = str(path)
-    for log in (jd.stdout_log, jd.stderr_log):
-        if log.exists() and log.stat().st_size > 0:
-            found[log.name] = str(log)
-    return found
 
 
 def build_result(
@@ -540,6 +479,12 @@ def build_result(
         oom_killed=outcome.oom_killed,
         stderr=stderr_text,
         limits=limits,
+        quota=outcome.quota_message,
+        tmpfs_full=outcome.tmpfs_full,
+        oom_message=outcome.oom_message,
+    )
+    artifacts, refused_artifacts = collect_artifacts(
+        jd.work, {"stdout": jd.stdout_log, "stderr": jd.stderr_log}
     )
     return RunResult(
         status=status,
@@ -550,10 +495,13 @@ def build_result(
         truncated=outcome.stdout.truncated or outcome.stderr.truncated,
         duration_s=outcome.duration_s,
         peak_memory_mb=outcome.peak_memory_mb,
+        peak_disk_mb=outcome.peak_disk_mb,
         metrics=parse_metrics(stdout_text),
-        artifacts=collect_artifacts(jd),
+        artifacts=artifacts,
+        artifacts_refused=refused_artifacts,
         environment=environment,
         backend=backend,
+        workdir=str(jd.root),
     )
 
 

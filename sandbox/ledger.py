@@ -84,5 +84,18 @@ class Ledger:
         ).fetchall()
         return {label: n for label, n in rows}
 
+    def workdirs(self, run_id: str) -> list[str]:
+        """Host job dirs of the run's finished jobs (`RunResult.workdir`), for removal."""
+        rows = self._conn.execute(
+            "SELECT result FROM jobs WHERE run_id = ? AND state = 'finished' ORDER BY key",
+            (run_id,),
+        ).fetchall()
+        dirs: list[str] = []
+        for (text,) in rows:
+            workdir = RunResult.model_validate_json(text).workdir
+            if workdir and workdir not in dirs:
+                dirs.append(workdir)
+        return dirs
+
     def close(self) -> None:
         self._conn.close()

@@ -18,6 +18,12 @@ What it still does:
 What it does not do, besides isolation: RLIMIT_NPROC is not set. Outside a user
 namespace it would count every process of the host user (so a busy desktop session
 could not start a job), and root ignores it anyway; fork bombs are not contained.
+There is no private tmpfs: the job's /tmp is the host's (TMPDIR and HOME point at its
+own dir, which the disk quota counts, but nothing stops a write to /tmp itself).
+Started as root, the job runs as root.
+
+Every `run` logs a warning (`sandbox.unisolated`) saying so, and the result's
+environment carries `isolation: none`.
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ import sys
 import time
 from pathlib import Path
 
+import structlog
+
 from reprodesk.schemas import Job, RunResult
 from sandbox.base import (
     NO_GPU_MESSAGE,
+    Meter,
     Refused,
     StreamCapture,
     build_result,
@@ -42,6 +51,19 @@ from sandbox.base import (
     refused,
     supervise,
 )
+
+UNISOLATED_WARNING = (
+    "the subprocess sandbox backend does NOT isolate the job: it runs as this user{root}, "
+    "with this machine's files and network"
+)
+
+
+def warn_unisolated() -> str:
+    """Log (and return) the warning every use of this backend gives."""
+    root = " (root!)" if os.geteuid() == 0 else ""
+    text = UNISOLATED_WARNING.format(root=root)
+    structlog.get_logger(__name__).warning("sandbox.unisolated", warning=text)
+    return text
 
 
 class SubprocessSandbox:
@@ -59,6 +81,7 @@ class SubprocessSandbox:
         }
 
     def run(self, job: Job) -> RunResult:
+        warn_unisolated()
         if job.gpu and not gpu_devices():
             return refused(NO_GPU_MESSAGE, backend=self.name)
         if not job.argv:
@@ -91,6 +114,7 @@ class SubprocessSandbox:
                 message=f"cannot start {self.python!r}: {err.strerror}",
                 backend=self.name,
                 environment=dict(self.environment),
+                workdir=str(jd.root),
             )
         outcome = supervise(
             proc,
@@ -98,7 +122,7 @@ class SubprocessSandbox:
             started=started,
             stdout=stdout,
             stderr=stderr,
-            rss_limit_mb=limits.memory_mb if job.gpu else None,
+            meter=Meter(limits, disk_dirs=[jd.work, jd.tmp], tmpfs_depth=None),
         )
         return build_result(
             outcome, jd, limits, backend=self.name, environment=dict(self.environment)

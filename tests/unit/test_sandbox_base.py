@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-import sandbox.base as base
-from reprodesk.schemas import Job, Limits, UserError
+import sandbox.artifacts as artifacts
+from reprodesk.schemas import SANDBOX_NAMES, Job, Limits, UserError
 from sandbox import SubprocessSandbox, make_sandbox
+from sandbox.artifacts import collect_artifacts
 from sandbox.base import (
     Refused,
     StreamCapture,
     check_relpath,
-    collect_artifacts,
     decide_status,
     job_env,
     launcher_argv,
@@ -116,6 +116,8 @@ def test_lay_out_writes_nested_files_and_keeps_logs_outside_the_job_view(tmp_pat
     assert (jd.work / "pkg" / "mod.py").read_text() == "X = 1"
     assert jd.out.is_dir() and jd.out.parent == jd.work
     assert jd.work not in jd.stdout_log.parents
+    assert (jd.root / "owner").read_text().split(":")[1] == str(os.getpid())
+    assert jd.work not in (jd.root / "owner").parents
 
 
 # --------------------------------------------------------------------------- status
@@ -153,6 +155,38 @@ def test_status_mapping(
     assert message
 
 
+def test_quota_comes_after_the_wall_time_and_before_memory() -> None:
+    over = "disk quota of 64 MB exceeded (job folder, /tmp and /dev/shm held 70 MB)"
+    assert decide_status(
+        -9, timed_out=False, oom_killed=True, stderr="", limits=LIMITS, quota=over
+    ) == ("quota", over)
+    assert (
+        decide_status(-9, timed_out=True, oom_killed=False, stderr="", limits=LIMITS, quota=over)[0]
+        == "timeout"
+    )
+    full = decide_status(
+        1,
+        timed_out=False,
+        oom_killed=False,
+        stderr="OSError: [Errno 28] No space left on device",
+        limits=Limits(memory_mb=256, tmpfs_mb=64, disk_mb=100),
+    )
+    assert full[0] == "quota" and "64 MB each" in full[1] and "100 MB" in full[1]
+    # A full tmpfs seen by the meter, whatever the job printed; exit 0 stays ok.
+    assert (
+        decide_status(
+            1, timed_out=False, oom_killed=False, stderr="", limits=LIMITS, tmpfs_full=True
+        )[0]
+        == "quota"
+    )
+    assert (
+        decide_status(
+            0, timed_out=False, oom_killed=False, stderr="", limits=LIMITS, tmpfs_full=True
+        )[0]
+        == "ok"
+    )
+
+
 def test_status_messages_name_the_cause() -> None:
     assert (
         "SIGSEGV"
@@ -181,35 +215,53 @@ def test_artifacts_are_regular_files_under_out_only(tmp_path: Path) -> None:
     os.symlink("/etc/passwd", jd.out / "leak")
     (jd.work / "not_out.txt").write_text("x")
     jd.stdout_log.write_text("log")
-    found = collect_artifacts(jd)
+    found, refused = collect_artifacts(jd.work, {"stdout": jd.stdout_log, "stderr": jd.stderr_log})
     assert found == {
         "out/plot.png": str(jd.out / "plot.png"),
         "out/sub/table.csv": str(jd.out / "sub" / "table.csv"),
-        "stdout.log": str(jd.stdout_log),
+        "logs/stdout.log": str(jd.stdout_log),
     }
+    assert refused == {}
 
 
 def test_out_replaced_by_a_symlink_yields_nothing(tmp_path: Path) -> None:
     jd = lay_out(Job(files={}, argv=["true"]), tmp_path)
     jd.out.rmdir()
     os.symlink("/etc", jd.out)
-    assert collect_artifacts(jd) == {}
+    assert collect_artifacts(jd.work, {}) == ({}, {})
 
 
 def test_artifact_count_and_size_are_capped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base, "MAX_ARTIFACTS", 3)
-    monkeypatch.setattr(base, "MAX_ARTIFACT_BYTES", 10)
+    monkeypatch.setattr(artifacts, "MAX_ARTIFACTS", 3)
+    monkeypatch.setattr(artifacts, "MAX_ARTIFACT_BYTES", 10)
     jd = lay_out(Job(files={}, argv=["true"]), tmp_path)
     for i in range(5):
         (jd.out / f"f{i}.txt").write_text("small")
     (jd.out / "big.bin").write_bytes(b"x" * 11)
-    found = collect_artifacts(jd)
+    found, refused = collect_artifacts(jd.work, {})
     assert sorted(found) == ["out/f0.txt", "out/f1.txt", "out/f2.txt"]
+    assert refused == {
+        "out/big.bin": "larger than 0 MB",
+        "out/f3.txt": "more than 3 artifacts",
+        "out/f4.txt": "more than 3 artifacts",
+    }
 
 
 # --------------------------------------------------------------------------- launch
+
+
+def test_file_size_limit_is_never_above_the_disk_quota() -> None:
+    argv = launcher_argv(
+        "/py",
+        ["python", "x.py"],
+        Limits(file_size_mb=256, disk_mb=64),
+        gpu=False,
+        nproc=True,
+        uid=None,
+    )
+    assert argv[7] == str(64 << 20)
 
 
 def test_launcher_maps_python_and_sets_limits() -> None:
@@ -256,7 +308,7 @@ def test_docker_backend_without_the_image_says_how_to_build_it(tmp_path: Path) -
 
 
 def test_unknown_backend_names_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="auto, bwrap-warm, bwrap, subprocess, docker"):
+    with pytest.raises(UserError, match=", ".join(SANDBOX_NAMES)):
         make_sandbox("firejail", tmp_path)
 
 
