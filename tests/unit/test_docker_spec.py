@@ -13,21 +13,18 @@ import pytest
 import requests
 
 from reprodesk.schemas import Job, Limits
-from sandbox.base import MAX_ARTIFACT_BYTES
-from sandbox.container import (
+from sandbox.artifacts import MAX_ARTIFACT_BYTES
+from sandbox.docker_engine import _transient, build_context
+from sandbox.docker_files import _extract_out, _upload_tar
+from sandbox.docker_spec import (
     IMAGE_PYTHON,
     LABEL,
     OWNER_LABEL,
     DockerSettings,
     JobMounts,
-    _extract_out,
-    _transient,
-    _upload_tar,
-    build_context,
     container_spec,
-    owner_id,
-    owner_is_gone,
 )
+from sandbox.owner import owner_id, owner_is_gone
 
 MB = 1024 * 1024
 BIND = JobMounts("bind", "/host/jobs/job-1/job", "/host/jobs/job-1/job/out")
@@ -54,7 +51,7 @@ def test_hardening_flags() -> None:
     assert spec["ipc_mode"] == "private"
     assert spec["cgroupns"] == "private"
     assert spec["hostname"] == "sandbox"
-    assert spec["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=4096m,mode=1777"}
+    assert spec["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=256m,mode=1777"}  # Limits.tmpfs_mb
     assert spec["log_config"]["Type"] == "none"
     assert spec["stdin_open"] is False and spec["tty"] is False
     # Nothing that would widen it: no host namespaces, devices or extra privileges.
@@ -64,18 +61,29 @@ def test_hardening_flags() -> None:
 
 
 def test_limits_arithmetic() -> None:
-    limits = Limits(wall_s=5, memory_mb=3000, processes=77, output_bytes=1000, file_size_mb=12)
+    limits = Limits(
+        wall_s=5, memory_mb=3000, processes=77, output_bytes=1000, file_size_mb=12, tmpfs_mb=300
+    )
     job = Job(files={}, argv=["python", "-c", "pass"], limits=limits)
     spec = spec_for(job, DockerSettings(cpus=1.5))
     assert spec["mem_limit"] == 3000 * MB
     assert spec["memswap_limit"] == 3000 * MB  # equal to the memory limit: no swap
-    assert spec["shm_size"] == 3000 * MB  # well above Docker's 64 MB, for DataLoaders
-    assert "size=3000m" in spec["tmpfs"]["/tmp"]
+    assert spec["shm_size"] == 300 * MB  # above Docker's 64 MB, for DataLoaders; counted as RAM
+    assert "size=300m" in spec["tmpfs"]["/tmp"]
     assert spec["pids_limit"] == 77
     assert spec["nano_cpus"] == 1_500_000_000
     ulimits = {u["Name"]: (u["Soft"], u["Hard"]) for u in spec["ulimits"]}
     assert ulimits == {"fsize": (12 * MB, 12 * MB), "nofile": (4096, 4096), "core": (0, 0)}
     assert spec["environment"]["OMP_NUM_THREADS"] == "2"  # ceil(1.5)
+
+
+def test_tmpfs_is_never_above_the_memory_limit_nor_a_file_above_the_disk_quota() -> None:
+    limits = Limits(memory_mb=128, tmpfs_mb=512, file_size_mb=256, disk_mb=64)
+    spec = spec_for(Job(files={}, argv=["python", "-c", "pass"], limits=limits))
+    assert spec["shm_size"] == 128 * MB
+    assert "size=128m" in spec["tmpfs"]["/tmp"]
+    ulimits = {u["Name"]: u["Soft"] for u in spec["ulimits"]}
+    assert ulimits["fsize"] == 64 * MB
 
 
 def test_python_means_the_image_python_and_no_shell() -> None:
@@ -245,7 +253,7 @@ def test_extract_out_keeps_regular_files_only(tmp_path: Path) -> None:
 def test_extract_out_skips_a_file_over_the_artifact_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sandbox.container.MAX_ARTIFACT_BYTES", 10)
+    monkeypatch.setattr("sandbox.docker_files.MAX_ARTIFACT_BYTES", 10)
     big, small = tarfile.TarInfo("out/big.bin"), tarfile.TarInfo("out/small.bin")
     _extract_out(_tar([big, small], {"out/big.bin": b"x" * 11, "out/small.bin": b"y"}), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.bin"]
