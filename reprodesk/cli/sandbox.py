@@ -1,8 +1,8 @@
 """`reprodesk sandbox ...`: build the Docker sandbox image, run one script in a sandbox.
 
     reprodesk sandbox build [--base IMAGE] [--tag TAG] [--offline-wheels DIR]
-    reprodesk sandbox run FILE [--backend NAME] [--timeout S] [--memory MB] [--gpu]
-                           [--image TAG] [--json]
+    reprodesk sandbox run FILE [--backend NAME] [--timeout S] [--memory MB] [--disk MB]
+                           [--gpu] [--image TAG] [--json]
 
 `run` exits 0 when the job's status is ok and 1 otherwise; bad input exits 2 (UserError).
 """
@@ -20,7 +20,8 @@ from rich.text import Text
 
 from reprodesk.schemas import SANDBOX_NAMES, Job, Limits, RunResult, UserError
 from reprodesk.settings import load_settings
-from sandbox.container import DEFAULT_IMAGE
+from sandbox.docker_spec import DEFAULT_IMAGE
+from sandbox.local import UNISOLATED_WARNING
 
 BACKENDS = SANDBOX_NAMES
 TAIL_LINES = 20
@@ -54,7 +55,7 @@ def build(
     ] = None,
 ) -> None:
     """Build the sandbox image from sandbox/Dockerfile on the engine DOCKER_HOST names."""
-    from sandbox.container import build_image
+    from sandbox.docker_engine import build_image
 
     if offline_wheels is not None and not offline_wheels.is_dir():
         raise UserError(f"--offline-wheels {offline_wheels}: not a directory")
@@ -86,6 +87,10 @@ def run(
     memory: Annotated[
         int | None, typer.Option("--memory", help="Memory limit in MB.", metavar="MB")
     ] = None,
+    disk: Annotated[
+        int | None,
+        typer.Option("--disk", help="Disk quota in MB (job folder, /tmp, /dev/shm).", metavar="MB"),
+    ] = None,
     gpu: Annotated[bool, typer.Option("--gpu", help="Give the job a GPU.")] = False,
     image: Annotated[
         str, typer.Option("--image", help="Sandbox image (docker backend).", metavar="TAG")
@@ -101,6 +106,8 @@ def run(
         raise UserError(f"--timeout {timeout:g}: must be more than 0 seconds")
     if memory is not None and memory <= 0:
         raise UserError(f"--memory {memory}: must be more than 0 MB")
+    if disk is not None and disk <= 0:
+        raise UserError(f"--disk {disk}: must be more than 0 MB")
     if not file.is_file():
         raise UserError(f"{file}: no such file")
     try:
@@ -111,10 +118,19 @@ def run(
     limits = Limits(
         wall_s=timeout if timeout is not None else settings.job_timeout_s,
         memory_mb=memory if memory is not None else settings.job_memory_mb,
+        disk_mb=disk if disk is not None else settings.job_disk_mb,
+        tmpfs_mb=settings.job_tmpfs_mb,
     )
+    if backend == "subprocess":
+        err.print(f"warning: {UNISOLATED_WARNING.format(root='')}", style="bold red")
     box = make_sandbox(backend, settings.home_dir / "cache" / "jobs", image=image)
     job = Job(files={file.name: code}, argv=["python", file.name], limits=limits, gpu=gpu)
-    result = box.run(job)
+    try:
+        result = box.run(job)
+    finally:
+        close = getattr(box, "close", None)  # the warm worker's process
+        if close is not None:
+            close()
     if as_json:
         print(result.model_dump_json(indent=2))
     else:
@@ -130,6 +146,7 @@ def _render(result: RunResult) -> None:
         "exit code": "—" if result.exit_code is None else str(result.exit_code),
         "duration": f"{result.duration_s:.2f} s",
         "peak memory": "—" if peak is None else f"{peak:.0f} MB",
+        "peak disk": "—" if result.peak_disk_mb is None else f"{result.peak_disk_mb:.0f} MB",
         "metrics": "—" if result.metrics is None else json.dumps(result.metrics),
         "artifacts": "\n".join(f"{k}: {v}" for k, v in result.artifacts.items()) or "—",
         "backend": result.backend,
