@@ -20,7 +20,7 @@ from reprodesk.schemas import Claim, Digest, Hyperparameter, MechanismHit, Paper
 _SYMBOLS: tuple[tuple[str, str], ...] = (
     (r"\bd\s*_?\s*\{?\s*h\s*\}?\s*\^\s*\{?\s*R(?:\s*\})?", "d_h^R"),  # d_h^R, d_{h}^{R}
     (r"\bd\s*\^\s*\{?\s*R\s*\}?\s*_\s*\{?\s*h(?:\s*\})?", "d_h^R"),  # d^R_h
-    (r"\bdR\s?h\b", "d_h^R"),  # pypdf's rendering of 𝑑𝑅 ℎ
+    (r"\bdR\s?h\b", "d_h^R"),  # a PDF's rendering of 𝑑𝑅 ℎ
     (r"\bd\s*['′]\s*_?\s*c\b", "d_c'"),  # d′c
     (r"\bd\s*_?\s*\{?\s*c\s*\}?\s*['′]", "d_c'"),  # d_c', d_c′
     (r"\bd\s*_?\s*\{?\s*c(?:\s*\})?(?![\w'′])", "d_c"),  # dc, d_c, d_{c}

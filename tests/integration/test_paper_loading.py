@@ -448,6 +448,21 @@ def test_file_url_relative_path_and_home(tmp_path: Path, monkeypatch: pytest.Mon
     assert load_paper("~/my notes.md").source == str(path)
 
 
+def test_sub_and_superscripts_stay_on_their_line(tmp_path: Path) -> None:
+    lines = [
+        "Scripts in MLA: multi-head latent attention.",
+        r"The KV compression dimension $d_c$ is set to 512.",  # mathtext: lowered, smaller
+        r"For the decoupled queries and key, we set the per-head dimension $d_h^R$ to 64.",
+    ]
+    paper = load_paper(str(make_pdf(tmp_path / "scripts.pdf", [lines])))
+    assert paper.pages[0].splitlines()[1:] == [
+        "The KV compression dimension dc is set to 512.",
+        "For the decoupled queries and key, we set the per-head dimension dRh to 64.",
+    ]
+    stated = {h.name: h.value for h in digest(paper).hyperparameters}
+    assert (stated.get("d_c"), stated.get("d_rope")) == (512, 64)
+
+
 def test_encrypted_pdf_is_refused(tmp_path: Path) -> None:
     writer = PdfWriter(clone_from=make_pdf(tmp_path / "plain.pdf", PDF_PAGES))
     writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")

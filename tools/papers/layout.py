@@ -76,11 +76,12 @@ class Run:
     size: float
     bold: bool
     text: str
+    right: float = 0.0  # the right edge where the reader knows it, else 0
 
     @property
     def end(self) -> float:
-        """Estimated right edge: half an em per character."""
-        return self.x + 0.5 * self.size * len(self.text)
+        """The right edge: as read, or estimated as half an em per character."""
+        return self.right or self.x + 0.5 * self.size * len(self.text)
 
 
 @dataclass
@@ -196,24 +197,42 @@ def layout(runs: list[Run], box: tuple[float, float, float, float]) -> list[Line
 
 
 def _lines(runs: list[Run], column: int) -> list[Line]:
-    """Runs on one baseline (within 0.4 em) become one line, top to bottom."""
+    """Runs on one baseline (within 0.4 em) become one line, top to bottom.
+
+    A line's baseline is that of its largest run, and a run set clearly smaller may sit
+    up to 0.6 em off it: sub- and superscripts (lowered or raised) join the line they
+    belong to, even one stacked under another.
+    """
     runs = sorted(runs, key=lambda r: (-r.y, r.x))
     groups: list[list[Run]] = []
+    base: Run | None = None  # the current line's largest run
     for run in runs:
-        if groups and abs(groups[-1][0].y - run.y) < 0.4 * max(run.size, groups[-1][0].size):
+        if base is not None and abs(base.y - run.y) < _reach(run, base):
             groups[-1].append(run)
+            base = run if run.size > base.size else base
         else:
             groups.append([run])
+            base = run
     out: list[Line] = []
     for group in groups:
+        # Left to right; a superscript stacked over a subscript (d^R_h) reads first.
         group.sort(key=lambda r: r.x)
-        # The reader already ended a run with a space where the words were apart, so
-        # runs join as they are; a wide gap after such a space starts a table cell.
+        for k in range(len(group) - 1):
+            a, b = group[k], group[k + 1]
+            if b.x - a.x < 0.15 * a.size and b.y > a.y:
+                group[k], group[k + 1] = b, a
+        # The reader ends a run with a space where it saw the words apart; where it knows
+        # the edges, a gap of a space's width between runs is a space too (after a
+        # subscript, say). A wide gap after a space starts a table cell.
         text, cells = group[0].text, [group[0].text]
         for prev, run in itertools.pairwise(group):
             spaced = text[-1:].isspace() or run.text[:1].isspace()
-            if spaced and run.x - prev.end > 1.5 * run.size:
+            gap = run.x - prev.end
+            if spaced and gap > 1.5 * run.size:
                 cells.append(run.text)
+            elif not spaced and prev.right and gap > 0.15 * run.size:
+                cells[-1] += " " + run.text
+                text += " "
             else:
                 cells[-1] += run.text
             text += run.text
@@ -230,6 +249,12 @@ def _lines(runs: list[Run], column: int) -> list[Line]:
             )
         )
     return out
+
+
+def _reach(run: Run, base: Run) -> float:
+    """How far off a line's baseline a run may sit and still be on that line."""
+    big, small = max(run.size, base.size), min(run.size, base.size)
+    return (0.6 if small < 0.85 * big else 0.4) * big
 
 
 def _mark_paragraphs(lines: list[Line]) -> None:

@@ -123,11 +123,15 @@ def _runs(raw: object, codes: list[int]) -> list[Run]:
     run: Run | None = None
     text: list[str] = []
     owner: int | None = None  # the text object the current run comes from
+    last = -1  # the run's last visible character, whose box ends the run
     high = 0  # a UTF-16 high surrogate waiting for its low half
+    left, right, bottom, top = (ctypes.c_double() for _ in range(4))
 
     def close() -> None:
         if run is not None and "".join(text).strip():
             run.text = "".join(text)
+            if pdfium_c.FPDFText_GetCharBox(raw, last, left, right, bottom, top):
+                run.right = right.value
             runs.append(run)
 
     for i, code in enumerate(codes):
@@ -158,5 +162,6 @@ def _runs(raw: object, codes: list[int]) -> list[Run]:
             run = Run(x.value, y.value, size, bold, "")
         if run is not None and char not in ("\r", "\n", ""):
             text.append(char)
+            last = i if not char.isspace() else last
     close()
     return runs
