@@ -438,6 +438,21 @@ def test_html_file_keeps_text_and_drops_scripts(tmp_path: Path) -> None:
     assert paper.pages == ["FP8\n\nScaling per tile & per block.\n\none\ntwo"]
 
 
+def test_html_navigation_and_footer_are_not_the_paper(tmp_path: Path) -> None:
+    html = """<!DOCTYPE html><html><head><title>FP8</title></head><body>
+    <nav><ul><li><a href="/">Home</a></li><li>Papers with 2x more news</li></ul></nav>
+    <article><header><h1>FP8 Training</h1><p>Ada Lovelace</p></header>
+    <p>Blockwise scaling reduces memory by 40%.</p>
+    <aside>Related: our site is 3x faster.</aside></article>
+    <footer>Subscribe: 10% off this week.</footer></body></html>"""
+    (tmp_path / "page.html").write_text(html)
+    paper = load_paper(str(tmp_path / "page.html"))
+    assert paper.pages == [
+        "FP8 Training\n\nAda Lovelace\n\nBlockwise scaling reduces memory by 40%."
+    ]
+    assert [c.text for c in digest(paper).claims] == ["Blockwise scaling reduces memory by 40%."]
+
+
 def test_file_url_relative_path_and_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "my notes.md"
     path.write_bytes(NOTE_MD)

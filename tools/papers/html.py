@@ -1,7 +1,8 @@
 """An HTML page into a `Paper`: visible text, sections at headings, tables, citation meta.
 
 The stdlib `HTMLParser` keeps the visible text with line breaks at block elements
-(script, style and the like dropped), marks headings so that sections can be cut,
+(script, style and the like dropped, and a site's navigation, footer and asides, so
+that "10% off" in a footer is no claim), marks headings so that sections can be cut,
 keeps tables apart as rows of cells, and reads the `<meta name="citation_*">` tags
 that journals and arXiv's HTML pages carry (title, authors, abstract, date, arXiv id).
 """
@@ -13,7 +14,9 @@ from html.parser import HTMLParser
 
 from reprodesk.schemas import Paper, Section
 
-_SKIP_TAGS = {"script", "style", "noscript", "template", "title"}
+# Not the paper: code, styling, the <title> (kept apart), and a site's chrome around it
+# (<header> stays: an article's own header holds its title and authors).
+_SKIP_TAGS = {"script", "style", "noscript", "template", "title", "nav", "footer", "aside"}
 _BLOCK_TAG = re.compile(
     r"address|article|aside|blockquote|br|d[dlt]|div|fig(caption|ure)|footer|h[1-6r]|header"
     r"|li|main|nav|ol|p|pre|section|t[dhr]|table|ul"
