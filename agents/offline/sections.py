@@ -197,9 +197,10 @@ class MechanismSection:
             quote = item.quote
             key = f"{self.mech.key}.not_checkable.{j}"
             text = cell(self.ctx.book.paper_quote(key, quote))
+            why = cell(self.planned(f"not_checkable.{j}.why", item.why))
             rows.append(
                 f"| {text} ({self.ctx.at}{quote.page}) | as stated | — | — | **not checkable**: "
-                f"{cell(item.why)} |"
+                f"{why} |"
             )
             self.ctx.findings.append(
                 Finding(
@@ -306,7 +307,8 @@ class MechanismSection:
                 else str(ours_value)
             )
             label = cell(self.planned(f"row.{row.name}", row.description))
-            lines.append(f"| {label} | {paper_cell} | {ours} | {cell(row.source)} |")
+            source = cell(self.planned(f"row.{row.name}.source", row.source))
+            lines.append(f"| {label} | {paper_cell} | {ours} | {source} |")
         lines += ["", "What carries over from this scale:", ""]
         lines += [f"- {self.planned('carries', c)}" for c in self.mech.carries_over]
         lines += ["", "What does not:", ""]
@@ -339,7 +341,9 @@ class MechanismSection:
                 else "—"
                 for key, _ in columns
             ]
-            lines.append(f"| {cell(name)} | " + " | ".join(cells) + " |")
+            # A variant's name is the job's output ("aux_loss_1e-02"): its numbers cite the job.
+            label = self.ctx.book.text_numbers(f"{self.mech.key}.variant", name, job=self.main.key)
+            lines.append(f"| {cell(label)} | " + " | ".join(cells) + " |")
         lines.append("")
         return lines
 

@@ -42,6 +42,12 @@ from reprodesk.settings import Settings, load_settings
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PAUSED, EXIT_NOT_PUBLISHED = 0, 1, 2, 3, 4
 
+try:  # typer 0.2x parses with a click of its own; its usage errors are not click's
+    from typer._click.exceptions import UsageError as _TyperUsageError
+except ImportError:  # pragma: no cover - older typer: click's own
+    _TyperUsageError = click.exceptions.UsageError  # type: ignore[misc,assignment]
+_USAGE_ERRORS: tuple[type[Exception], ...] = (click.exceptions.UsageError, _TyperUsageError)
+
 app = typer.Typer(
     help=__doc__,
     no_args_is_help=True,
@@ -388,10 +394,10 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         sys.stderr.write(f"reprodesk: {' '.join(str(exc).split())}\n")
         code = EXIT_USAGE
-    except click.exceptions.UsageError as exc:
-        exc.show()
+    except _USAGE_ERRORS as exc:
+        exc.show()  # type: ignore[attr-defined]
         code = EXIT_USAGE
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err.print("aborted")
         code = 130
     except KeyboardInterrupt:
