@@ -66,8 +66,8 @@ def _time_to_kill(rows: list[tuple[str, str, int]]) -> bool:
     Killing then makes the resumed profiler node (which LangGraph re-runs from its
     start) meet a sibling it already finished: the case the ledger is there for.
     """
-    main_done = any(label.startswith("main") and state == "finished" for label, state, _ in rows)
-    grid = [state for label, state, _ in rows if not label.startswith("main")]
+    main_done = any("-attempt" in label and state == "finished" for label, state, _ in rows)
+    grid = [state for label, state, _ in rows if "-attempt" not in label]
     return main_done and "finished" in grid and "started" in grid
 
 
@@ -135,8 +135,8 @@ def test_sigkill_mid_profiler_then_resume_relaunches_no_finished_job(tmp_path: P
     at_kill = _jobs(db)  # read after the kill: what the ledger held when the CLI died
     finished = {label for label, state, _ in at_kill if state == "finished"}
     interrupted = {label for label, state, _ in at_kill if state == "started"}
-    assert any(label.startswith("main") for label in finished), at_kill
-    assert any(not label.startswith("main") for label in finished), at_kill
+    assert any("-attempt" in label for label in finished), at_kill
+    assert any("-attempt" not in label for label in finished), at_kill
     assert interrupted, f"the profiler job finished before the kill landed: {at_kill}"
     assert all(n == 1 for _, _, n in at_kill), at_kill
     assert not (home / "runs" / RUN_ID).exists()

@@ -54,7 +54,7 @@ def _evidence(folder: Path) -> dict[str, Any]:
 def test_run_publishes_a_writeup_with_the_measured_claims(published: tuple[Path, str]) -> None:
     home, run_id = published
     folder = home / "runs" / run_id
-    for name in ("writeup.md", "evidence.json", "paper.json", "trace.jsonl", "code/mla.py"):
+    for name in ("writeup.md", "evidence.json", "paper.json", "trace.jsonl", "code/mla/mla.py"):
         assert (folder / name).is_file(), name
     png = next((folder / "figures").glob("*.png"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -130,7 +130,7 @@ def test_pause_at_code_gate_then_resume_from_new_processes(tmp_path: Path) -> No
     home = tmp_path / "home"
     first = cli(home, "run", str(SAMPLE), "--run-id", "gated", check=3)
     assert "reprodesk resume gated --approve" in first.stdout
-    review = home / "review" / "gated" / "code"
+    review = home / "review" / "gated" / "code" / "mla"
     assert (review / "mla.py").read_text() == (ROOT / "recipes" / "mla.py").read_text()
     assert "--n-heads 128" in (review / "command.txt").read_text()
     from sandbox.ledger import Ledger
@@ -151,14 +151,15 @@ def test_rejected_at_the_code_gate_runs_nothing(tmp_path: Path) -> None:
     cli(home, "run", str(SAMPLE), "--run-id", "nope", check=3)
     proc = cli(home, "resume", "nope", "--reject", "not today", check=4)
     assert "rejected at the code gate: not today" in proc.stderr
-    assert not (home / "runs" / "nope").exists()
+    assert not (home / "runs" / "nope" / "writeup.md").exists()
+    assert (home / "runs" / "nope" / "trace.jsonl").is_file()  # the run layer's record
 
 
 def test_a_paper_the_catalog_does_not_know_ends_clearly(tmp_path: Path) -> None:
     paper = tmp_path / "cnn.md"
     paper.write_text("# Deeper convolutions\n\nWe train a ResNet on CIFAR-10 and gain 1.2%.\n")
     proc = cli(tmp_path / "home", "run", str(paper), "--auto-approve", check=4)
-    assert "unsupported" in proc.stderr and "LLM endpoint" in proc.stderr
+    assert "unsupported" in proc.stderr and "add a recipe under recipes/" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -21,6 +21,7 @@ NOTES = {
     "grpo_note.md": "grpo.py",
     "mtp_note.md": "mtp.py",
     "fp8_note.md": "fp8_blockwise.py",
+    "deepseek_v2_note.md": "deepseek_moe.py",
 }
 
 
@@ -48,7 +49,7 @@ def test_note_reaches_the_code_gate_with_its_recipe(tmp_path: Path, note: str, s
         check=False,
     )
     assert proc.returncode == 3, (proc.stdout, proc.stderr)  # paused at the code gate
-    review = tmp_path / "review" / "sel" / "code"
+    review = tmp_path / "review" / "sel" / "code" / script.removesuffix(".py")
     assert (review / script).read_text() == (ROOT / "recipes" / script).read_text()
     command = (review / "command.txt").read_text()
     assert command.startswith(f"python {script} ")
