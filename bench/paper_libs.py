@@ -55,7 +55,6 @@ V3_FIRST = (
     "parameters with 37B activated for each token."
 )
 BOLD = re.compile(r"bold|black|heavy|semibold|demi|medi(?:um)?\b|-bd\b|cmbx|cmb\d|sfbx", re.I)
-Reader = Callable[[bytes, str], Paper]
 
 
 def flat(text: str) -> str:
@@ -73,11 +72,11 @@ def paper_of(pages: list[str], source: str, kind: str = "pdf") -> Paper:
 # --------------------------------------------------------------------------- PDF readers
 
 
-def ours(data: bytes, path: str) -> Paper:
-    return load_paper(path)
+def ours(path: Path) -> Paper:
+    return load_paper(str(path))
 
 
-def pypdf_layout(data: bytes, path: str) -> Paper:
+def pypdf_layout(path: Path) -> Paper:
     from pypdf import PdfReader
 
     def runs(page: Any) -> tuple[list[layout.Run], tuple[float, float, float, float]]:
@@ -103,11 +102,12 @@ def pypdf_layout(data: bytes, path: str) -> Paper:
         box = page.mediabox
         return found, (float(box.left), float(box.bottom), float(box.width), float(box.height))
 
+    data = path.read_bytes()
     raw = [runs(page) for page in PdfReader(io.BytesIO(data)).pages]
     kept = layout.drop_margins(raw)
     text = layout.structure([layout.layout(r, box) for r, (_, box) in zip(kept, raw, strict=True)])
     return Paper(
-        source=path,
+        source=str(path),
         kind="pdf",
         title=text.title,
         pages=text.pages,
@@ -117,22 +117,22 @@ def pypdf_layout(data: bytes, path: str) -> Paper:
     )
 
 
-def pdfium_text(data: bytes, path: str) -> Paper:
+def pdfium_text(path: Path) -> Paper:
     import pypdfium2 as pdfium
 
-    doc = pdfium.PdfDocument(data)
+    doc = pdfium.PdfDocument(path.read_bytes())
     pages = [doc[i].get_textpage().get_text_range() for i in range(len(doc))]
-    return paper_of([p.replace("\r\n", "\n").replace("\ufffe", "-") for p in pages], path)
+    return paper_of([p.replace("\r\n", "\n").replace("\ufffe", "-") for p in pages], str(path))
 
 
-def pdfplumber_text(data: bytes, path: str) -> Paper:
+def pdfplumber_text(path: Path) -> Paper:
     import pdfplumber
 
-    with pdfplumber.open(io.BytesIO(data)) as pdf:
-        return paper_of([page.extract_text() or "" for page in pdf.pages], path)
+    with pdfplumber.open(path) as pdf:
+        return paper_of([page.extract_text() or "" for page in pdf.pages], str(path))
 
 
-PDF_READERS: dict[str, tuple[str | None, Reader]] = {
+PDF_READERS: dict[str, tuple[str | None, Callable[[Path], Paper]]] = {
     "reprodesk": (None, ours),
     "pypdf+layout": ("pypdf", pypdf_layout),
     "pypdfium2-text": ("pypdfium2", pdfium_text),
@@ -230,38 +230,33 @@ def timed(run: Callable[[], Paper], repeats: int) -> tuple[Paper, float]:
     return paper, best
 
 
-def measure_pdfs(pdfs: dict[str, Path], repeats: int) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    for reader, (module, read) in PDF_READERS.items():
-        if module and importlib.util.find_spec(module) is None:
-            results[reader] = "not installed"
-            continue
-        results[reader] = {}
-        for name, path in pdfs.items():
-            data = path.read_bytes()
-            paper, seconds = timed(lambda: read(data, str(path)), repeats)  # noqa: B023
-            row = {"pages_per_s": round(len(paper.pages) / seconds, 1), **findings(paper)}
-            text = flat("\n".join(paper.pages))
-            if name == "two_column":
-                row["gutter_sentence_whole"] = GUTTER in text
-                stated = loading_case.MLA_STATED | loading_case.MOE_STATED
-                row["stated_hyperparameters_right"] = sum(
-                    row["hyperparameters"].get(k) == v for k, (v, _) in stated.items()
-                )
-                row["stated_hyperparameters_of"] = len(stated)
-            if name == "deepseek_v3":
-                row["abstract_first_sentence_whole"] = V3_FIRST in text
-            if name == "bench_50":
-                del row["hyperparameters"]
-            results[reader][name] = row
-    return results
+def pdf_checks(name: str, paper: Paper, row: dict[str, Any]) -> None:
+    text = flat("\n".join(paper.pages))
+    if name == "two_column":
+        row["gutter_sentence_whole"] = GUTTER in text
+        stated = loading_case.MLA_STATED | loading_case.MOE_STATED
+        row["stated_hyperparameters_right"] = sum(
+            row["hyperparameters"].get(k) == v for k, (v, _) in stated.items()
+        )
+        row["stated_hyperparameters_of"] = len(stated)
+    if name == "deepseek_v3":
+        row["abstract_first_sentence_whole"] = V3_FIRST in text
+    if name == "bench_50":
+        del row["hyperparameters"]
 
 
-def measure_text(
-    docs: dict[str, str],
-    readers: dict[str, tuple[str | None, Callable[[str], Paper]]],
+def html_checks(name: str, paper: Paper, row: dict[str, Any]) -> None:
+    row["boilerplate_kept"] = "newsletter" in "\n".join(paper.pages)
+
+
+def measure(
+    docs: dict[str, Any],
+    readers: dict[str, tuple[str | None, Callable[[Any], Paper]]],
     repeats: int,
+    checks: Callable[[str, Paper, dict[str, Any]], None] | None = None,
+    per_page: bool = False,
 ) -> dict[str, Any]:
+    """Every reader on every document: speed (pages or documents per second) and findings."""
     results: dict[str, Any] = {}
     for reader, (module, read) in readers.items():
         if module and importlib.util.find_spec(module) is None:
@@ -270,8 +265,11 @@ def measure_text(
         results[reader] = {}
         for name, doc in docs.items():
             paper, seconds = timed(lambda: read(doc), repeats)  # noqa: B023
-            row = {"docs_per_s": round(1 / seconds, 1), **findings(paper)}
-            row["boilerplate_kept"] = "newsletter" in "\n".join(paper.pages)
+            speed = {"pages_per_s": round(len(paper.pages) / seconds, 1)} if per_page else {}
+            row = speed or {"docs_per_s": round(1 / seconds, 1)}
+            row |= findings(paper)
+            if checks:
+                checks(name, paper, row)
             results[reader][name] = row
     return results
 
@@ -292,13 +290,13 @@ def main() -> None:
         }
         if DEEPSEEK.is_file():
             pdfs["deepseek_v3"] = DEEPSEEK
-        pdf = measure_pdfs(pdfs, args.repeats)
+        pdf = measure(pdfs, PDF_READERS, args.repeats, pdf_checks, per_page=True)
     arch = arxiv_case.ARCH_TEX.decode()
     tex_docs = {
         "arxiv_test": arxiv_case.MAIN_TEX.decode().replace("\\input{arch}", arch),
         "latex_unit_test": latex_case.DOC,
     }
-    tex = measure_text(
+    tex = measure(
         tex_docs,
         {"reprodesk": (None, tex_ours), "pylatexenc": ("pylatexenc", tex_pylatexenc)},
         args.repeats,
@@ -307,7 +305,7 @@ def main() -> None:
         "article_test": loading_case.ARTICLE_HTML.decode(),
         "arxiv_like": arxiv_like_html(),
     }
-    html = measure_text(
+    html = measure(
         html_docs,
         {
             "reprodesk": (None, html_ours),
@@ -315,6 +313,7 @@ def main() -> None:
             "selectolax": ("selectolax", html_selectolax),
         },
         args.repeats,
+        html_checks,
     )
     print(json.dumps({"pdf": pdf, "tex": tex, "html": html}, indent=1))
 
