@@ -70,7 +70,8 @@ def read(paper: Paper, restrict: Sequence[str] = ()) -> tuple[Digest, Plan]:
         _from_catalog(CATALOG[hit.name], found, all_sentences, paper) for hit in found.mechanisms
     ]
     for m, hit in zip(mechanisms, found.mechanisms, strict=True):
-        m.score, m.quotes = hit.score, list(hit.quotes)
+        # A table-of-contents line names a mechanism but says nothing about it.
+        m.score, m.quotes = hit.score, [q for q in hit.quotes if not _LEADERS.search(q.text)]
     mechanisms += _uncatalogued(all_sentences)
     top = max((m.score for m in mechanisms), default=0.0)
     notes: list[str] = []

@@ -312,9 +312,15 @@ def resume(
 
 
 @app.command()
-def runs() -> None:
+def runs(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+) -> None:
     """List runs in this home, newest first, with their status."""
     app_ = build_app(_settings())
+    if as_json:
+        for view in app_.runs.views():
+            print(view.model_dump_json(exclude={"question"}))
+        return
     table = Table("run id", "status", "mechanisms", "source")
     for view in app_.runs.views():
         status = view.status
@@ -391,24 +397,25 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     try:
         code = app(args=argv, standalone_mode=False, prog_name="reprodesk")
+        if code == 130:  # typer turns Ctrl-C into a silent exit code 130
+            raise KeyboardInterrupt
     except UserError as exc:
         sys.stderr.write(f"reprodesk: {' '.join(str(exc).split())}\n")
         code = EXIT_USAGE
     except _USAGE_ERRORS as exc:
         exc.show()  # type: ignore[attr-defined]
         code = EXIT_USAGE
-    except (click.exceptions.Abort, typer.Abort):
-        err.print("aborted")
-        code = 130
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         run_id = _globals.run_id
+        # rich's live status may still hold sys.stderr: write to the real one.
+        stderr = sys.__stderr__ or sys.stderr
         if run_id:
-            sys.stderr.write(
+            stderr.write(
                 f"interrupted: run {run_id} is checkpointed; continue it with "
                 f"`reprodesk resume {run_id}`\n"
             )
         else:
-            sys.stderr.write("interrupted\n")
+            stderr.write("interrupted\n")
         code = 130
     except Exception as exc:  # a bug of ours, not the user's: say so, keep the trace for -v
         if _globals.verbose:

@@ -88,8 +88,9 @@ def test_new_mechanism_built_on_a_catalog_one_says_it_was_not_reproduced(tmp_pat
     first = md.split("## TL;DR")[0]
     assert "Not reproduced: Token-Routed Sparse Attention (TRSA)" in first
     assert "not this paper's" in first  # MLA is what it builds on, not its result
-    status = cli(home, "runs").stdout
-    assert "trsa" in status and "not reproduced" in status
+    views = [json.loads(line) for line in cli(home, "runs", "--json").stdout.splitlines()]
+    assert [(v["run_id"], v["status"]) for v in views] == [("trsa", "published")]
+    assert views[0]["not_reproduced"] == ["Token-Routed Sparse Attention (TRSA)"]
     _traced(home / "runs" / "trsa")
 
 
