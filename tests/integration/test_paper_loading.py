@@ -129,6 +129,7 @@ class Server:
     base: str
     hits: Counter[str] = field(default_factory=Counter)
     user_agents: list[str] = field(default_factory=list)
+    hung_up: threading.Event = field(default_factory=threading.Event)  # a client, mid-trickle
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -197,15 +198,20 @@ def server(pdf_bytes: bytes) -> Iterator[Server]:
                 self.send(b"z" * 10, "application/pdf", length=str(70 * 1024 * 1024))
             elif path == "/slow":
                 release.wait(5)  # never answers within the test's read timeout
-            elif path == "/trickle":  # a byte every 0.1 s: never trips a read timeout
-                self.send_response(200)
-                self.end_headers()
-                with contextlib.suppress(ConnectionError):  # the client hangs up at its deadline
-                    for _ in range(300):
+            elif path in ("/trickle", "/trickle-headers"):  # a byte every 0.1 s, for 15 s
+                if path == "/trickle":  # the body trickles
+                    self.send_response(200)
+                    self.end_headers()
+                else:  # the headers never end
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                try:
+                    for _ in range(150):
                         self.wfile.write(b"#")
                         self.wfile.flush()
                         if release.wait(0.1):
                             break
+                except ConnectionError:  # the client hung up: its deadline
+                    state.hung_up.set()
             elif path == "/fake.pdf":  # a login or error page where a PDF was promised
                 self.send(ARTICLE_HTML, "application/pdf")
             elif path == "/article":
@@ -335,13 +341,15 @@ def test_slow_server_hits_the_read_timeout(server: Server) -> None:
     assert server.hits["/slow"] == 2
 
 
-def test_a_trickling_server_is_cut_off_at_the_fetch_deadline(server: Server) -> None:
-    url = server.url("/trickle")
+@pytest.mark.parametrize("path", ["/trickle", "/trickle-headers"])
+def test_a_trickling_server_is_cut_off_at_the_fetch_deadline(server: Server, path: str) -> None:
+    url = server.url(path)
     message = error_for(url, fetcher=fast(read_timeout=1.0, deadline_s=1.5))
     assert message == (
         f"cannot fetch {url!r}: not done within the 1.5 s deadline (the server is too slow)"
     )
-    assert server.hits["/trickle"] == 1  # a deadline is no transient failure: no retry
+    assert server.hung_up.wait(5)  # cut off mid-trickle, not at the server's own end
+    assert server.hits[path] == 1  # a deadline is no transient failure: no retry
 
 
 def test_retries_stop_at_the_fetch_deadline(server: Server) -> None:

@@ -5,10 +5,9 @@ worth another try (network errors, timeouts, 5xx, 429 with its Retry-After, capp
 with tenacity, and bounds everything: the connect and per-read timeouts, the body
 size (declared or streamed), and an overall deadline for the whole fetch, retries and
 waits included. The per-read timeout alone is not enough: a server that sends a few
-bytes every few seconds never trips it. The deadline is checked whenever data
-arrives, and no single wait for data is longer than the time left, so a fetch ends
-at its deadline give or take one read of the body. (A server that trickles its
-status line and headers is bounded only by the per-read timeout, read by read.)
+bytes every few seconds never trips it. No single wait is longer than the time left,
+and at the deadline a timer shuts the fetch's sockets down (found through httpx's
+`trace` extension), which ends a read blocked anywhere, in the headers or the body.
 Every failure is one `UserError` naming the URL and the reason.
 
 `read_file` is the local counterpart: a file refused by its size before it is read.
@@ -16,10 +15,14 @@ Every failure is one `UserError` naming the URL and the reason.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import tenacity
@@ -37,6 +40,46 @@ class _Transient(Exception):
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+
+class _Watchdog:
+    """Shuts down every socket of one fetch when its deadline comes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's trace hook: note each new connection's socket."""
+        if event == "connection.connect_tcp.complete":
+            found = info["return_value"].get_extra_info("socket")
+            with self._lock:
+                if found is not None:
+                    self._sockets.append(found)
+                if self.fired:  # connected just as the deadline came
+                    self._shut(found)
+
+    def _cut(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket | None) -> None:
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed already
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
 
 
 @dataclass(frozen=True)
@@ -63,15 +106,18 @@ class Fetcher:
             retry=tenacity.retry_if_exception_type(_Transient),
             reraise=True,
         )
-        with httpx.Client(
-            timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
-            headers={"User-Agent": USER_AGENT},
-            follow_redirects=True,
-            max_redirects=self.max_redirects,
-            transport=self.transport,
-        ) as client:
+        with (
+            _Watchdog(self.deadline_s) as watchdog,
+            httpx.Client(
+                timeout=httpx.Timeout(self.read_timeout, connect=self.connect_timeout),
+                headers={"User-Agent": USER_AGENT},
+                follow_redirects=True,
+                max_redirects=self.max_redirects,
+                transport=self.transport,
+            ) as client,
+        ):
             try:
-                return retrying(self._get_once, client, url, deadline)
+                return retrying(self._get_once, client, url, deadline, watchdog)
             except _Transient as exc:
                 msg = f"cannot fetch {url!r}: {exc} (gave up after {self.attempts} attempts)"
                 raise UserError(msg) from exc
@@ -87,16 +133,19 @@ class Fetcher:
         reason = f"not done within the {self.deadline_s:g} s deadline (the server is too slow)"
         return UserError(f"cannot fetch {url!r}: {reason}")
 
-    def _get_once(self, client: httpx.Client, url: str, deadline: float) -> bytes:
+    def _get_once(
+        self, client: httpx.Client, url: str, deadline: float, watchdog: _Watchdog
+    ) -> bytes:
         left = deadline - time.monotonic()
-        if left <= 0:  # a retry's wait used up the time
+        if left <= 0 or watchdog.fired:  # a retry's wait used up the time
             raise self._past_deadline(url)
         # No wait for data may outlast the deadline: each timeout is cut to the time left.
         timeout = httpx.Timeout(
             min(self.read_timeout, left), connect=min(self.connect_timeout, left)
         )
         try:
-            with client.stream("GET", url, timeout=timeout) as resp:
+            extensions = {"trace": watchdog.trace}
+            with client.stream("GET", url, timeout=timeout, extensions=extensions) as resp:
                 status = f"HTTP {resp.status_code} {resp.reason_phrase}".strip()
                 if resp.status_code == 429 or resp.status_code >= 500:
                     after = resp.headers.get("Retry-After", "").strip()  # a date: our backoff
@@ -104,24 +153,26 @@ class Fetcher:
                     raise _Transient(status, seconds)
                 if not resp.is_success:
                     raise UserError(f"cannot fetch {url!r}: {status}")
-                return self._read_capped(resp, url, deadline)
+                body = self._read_capped(resp, url)
+            if watchdog.fired:  # the cut may read as the end of a body without a length
+                raise self._past_deadline(url)
+            return body
         except httpx.TooManyRedirects as exc:
             msg = f"cannot fetch {url!r}: more than {self.max_redirects} redirects"
             raise UserError(msg) from exc
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise UserError(f"cannot fetch {url!r}: {exc}") from exc
-        except httpx.TimeoutException as exc:
-            if time.monotonic() >= deadline:  # the timeout was the deadline's, cut short
+        except httpx.TransportError as exc:
+            if watchdog.fired or time.monotonic() >= deadline:  # cut, or a timeout cut short
                 raise self._past_deadline(url) from exc
             if isinstance(exc, httpx.ConnectTimeout):
                 raise _Transient(f"could not connect within {self.connect_timeout:g} s") from exc
-            raise _Transient(f"no data for {self.read_timeout:g} s (read timeout)") from exc
-        except httpx.TransportError as exc:
+            if isinstance(exc, httpx.TimeoutException):
+                raise _Transient(f"no data for {self.read_timeout:g} s (read timeout)") from exc
             raise _Transient(f"{type(exc).__name__}: {exc}") from exc
 
-    def _read_capped(self, resp: httpx.Response, url: str, deadline: float) -> bytes:
-        """Stream the body and stop past the cap or the deadline: a wrong link must not fill
-        memory, and a server that trickles bytes must not hold us."""
+    def _read_capped(self, resp: httpx.Response, url: str) -> bytes:
+        """Stream the body and stop past the cap: a wrong link must not fill memory."""
         too_big = UserError(
             f"cannot fetch {url!r}: the response is larger than {_size(self.max_bytes)}"
         )
@@ -133,8 +184,6 @@ class Fetcher:
             body += chunk
             if len(body) > self.max_bytes:
                 raise too_big
-            if time.monotonic() > deadline:
-                raise self._past_deadline(url)
         return bytes(body)
 
 
