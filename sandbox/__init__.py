@@ -5,6 +5,20 @@ local or through `DOCKER_HOST`), bubblewrap (`BubblewrapSandbox`; `WarmWorkerSan
 keeps one bubblewrap worker with torch imported and forks each job), plain subprocess
 (`SubprocessSandbox`, unisolated, explicit opt-in only). `make_sandbox` picks one by
 name; `backend_report` says which work on this machine.
+
+Where things are:
+
+- `base`: the `Sandbox` protocol, job dirs, the launcher, supervision, the status rules;
+  `capture` (head+tail output), `meter` (memory as PSS plus tmpfs, the disk quota).
+- `artifacts`: what a job leaves, collected and copied back as plain data
+  (`copy_artifacts`); `retention`: removing job dirs (`remove_job_dirs`,
+  `orphan_job_dirs`); `ledger`: the run ledger (`Ledger.workdirs`).
+- `bwrap`: cold bubblewrap and `bwrap_args`, the one bubblewrap command-line builder;
+  `worker` (host side), `worker_process` (the started worker) and `worker_inside`
+  (the code shipped into the sandbox): the warm worker.
+- `container` (one job in Docker), `docker_spec` (the pure container specification),
+  `docker_engine` (engine calls, the image build), `docker_files` (the copy transfer).
+- `local`: the unisolated subprocess backend.
 """
 
 from __future__ import annotations
@@ -16,7 +30,9 @@ from pathlib import Path
 from reprodesk.schemas import SANDBOX_NAMES, Job, Limits, UserError
 from sandbox.base import Sandbox
 from sandbox.bwrap import BubblewrapSandbox
-from sandbox.container import DEFAULT_IMAGE, DockerSandbox, docker_available
+from sandbox.container import DockerSandbox
+from sandbox.docker_engine import docker_available
+from sandbox.docker_spec import DEFAULT_IMAGE
 from sandbox.local import SubprocessSandbox
 from sandbox.worker import WarmWorkerSandbox
 

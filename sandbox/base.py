@@ -208,11 +208,17 @@ def job_env(*, home: str, python_bin: str) -> dict[str, str]:
     }
 
 
-# Runs as `python -I -S -c LAUNCHER AS NPROC FSIZE CORE UID CMD...` inside the sandbox:
-# limits of -1 stay as they are; UID >= 0 is switched to when we are not already it.
+# Runs as `python -I -S -c LAUNCHER AS NPROC FSIZE CORE UID LIFELINE CMD...` inside the
+# sandbox: limits of -1 stay as they are; UID >= 0 is switched to when we are not already
+# it; LIFELINE >= 0 is the read end of a pipe whose write end the host holds: readable
+# (EOF) means the host died before the job started, and the job must not run unwatched.
 LAUNCHER = """\
-import os, resource, sys
+import os, resource, select, sys
 a = sys.argv
+lifeline = int(a[6])
+if lifeline >= 0 and select.select([lifeline], [], [], 0)[0]:
+    sys.stderr.write("sandbox: the host is gone; the job is not started\\n")
+    os._exit(125)
 for r, v in zip((resource.RLIMIT_AS, resource.RLIMIT_NPROC, resource.RLIMIT_FSIZE,
                  resource.RLIMIT_CORE), a[1:5]):
     if int(v) >= 0:
@@ -224,20 +230,27 @@ if uid >= 0 and os.getuid() != uid:
     os.setuid(uid)
 os.closerange(3, 1 << 20)
 try:
-    os.execvp(a[6], a[6:])
+    os.execvp(a[7], a[7:])
 except OSError as e:
-    sys.stderr.write("sandbox: cannot run %r: %s\\n" % (a[6], e.strerror))
+    sys.stderr.write("sandbox: cannot run %r: %s\\n" % (a[7], e.strerror))
     os._exit(127)
 """
 
 
 def launcher_argv(
-    python: str, argv: list[str], limits: Limits, *, gpu: bool, nproc: bool, uid: int | None
+    python: str,
+    argv: list[str],
+    limits: Limits,
+    *,
+    gpu: bool,
+    nproc: bool,
+    uid: int | None,
+    lifeline: int = -1,
 ) -> list[str]:
     """The command that sets the job's rlimits (and uid) and then execs `argv`.
 
     GPU jobs get no RLIMIT_AS (CUDA reserves far more address space than it uses);
-    the RSS watchdog in `supervise` limits them instead.
+    the meter limits them instead. `lifeline`: see LAUNCHER.
     """
     mb = 1024 * 1024
     address_space = -1 if gpu else limits.memory_mb * mb
@@ -254,6 +267,7 @@ def launcher_argv(
         str(file_size_bytes(limits)),
         "0",
         str(-1 if uid is None else uid),
+        str(lifeline),
         *command,
     ]
 

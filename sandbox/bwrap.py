@@ -24,10 +24,13 @@ What it covers:
 - Nested user namespaces: none (as a normal user bwrap's --disable-userns; as root,
   where that option cannot be combined with our uid map, `map_ids` sets the sandbox
   user namespace's user.max_user_namespaces to 0 before bwrap goes on).
-- Lifetime: --die-with-parent and --new-session; bwrap itself is started through
-  `die_with_us` (PR_SET_PDEATHSIG), so a host killed mid-setup (during the uid-map
-  handshake) leaves no bwrap behind; on timeout the bwrap process group is SIGKILLed,
-  the pid namespace's init dies with it and the kernel kills every process inside.
+- Lifetime: --die-with-parent and --new-session; bwrap runs under `die_with_us`, a
+  helper that kills bwrap's whole process group when the host dies: a host killed
+  during the uid-map handshake used to leave bwrap's sandbox child blocked forever.
+  The launcher also checks a lifeline pipe from the host first and does not start a
+  job once the host is gone (it would run unwatched).
+  On timeout the bwrap process group is SIGKILLed, the pid namespace's init dies with
+  it and the kernel kills every process inside.
 - GPU jobs: /dev/nvidia* are bound in; no RLIMIT_AS, an RSS watchdog instead.
 
 What it does not cover:
@@ -219,23 +222,45 @@ def forbid_user_namespaces(pid: int, deadline: float) -> None:
         raise OSError(f"cannot forbid nested user namespaces: {out.stderr.strip()[-300:]}")
 
 
-DIE_WITH_US = (
-    "import ctypes, os, sys\n"
-    "ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL; kept across exec\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    os._exit(1)  # the host died before the line above\n"
-    "os.execv(sys.argv[2], sys.argv[3:])\n"
-)
-"""`python -I -S -c DIE_WITH_US HOST_PID BWRAP ARGV...`: bwrap itself dies with our thread.
-
-bwrap's --die-with-parent covers the sandbox's processes, not bwrap's own monitor
-process: a host killed during the uid-map handshake (root) would leave that monitor
-blocked forever.
+DIE_WITH_US = """\
+import ctypes, os, signal, sys
+def bye(*_):
+    os.killpg(0, signal.SIGKILL)  # bwrap and whatever of it is left in our group, and us
+signal.signal(signal.SIGTERM, bye)
+ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    bye()  # the host died before the line above
+pid = os.fork()
+if pid == 0:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.execv(sys.argv[2], sys.argv[3:])
+os.closerange(3, 1 << 20)  # bwrap's fds are bwrap's: an info pipe must reach EOF
+while True:
+    try:
+        _, status = os.waitpid(pid, 0)
+        break
+    except InterruptedError:
+        continue
+code = os.waitstatus_to_exitcode(status)
+os._exit(code if code >= 0 else 128 - code)
 """
+"""`python -I -S -c DIE_WITH_US HOST_PID BWRAP ARGV...`: bwrap and all of it die with the host.
+
+The helper leads the process group (the host starts it with a new session), runs bwrap
+as its child and exits with bwrap's status (a signal N as 128 + N, as bwrap reports
+its own child's). When the host (the thread that started it) dies, the helper gets
+SIGTERM and SIGKILLs its whole group. bwrap's --die-with-parent is not enough: as root,
+bwrap's sandbox child waits in the uid-map handshake for a signal from bwrap's monitor;
+a host killed then takes the monitor with it and leaves that child blocked forever,
+outside any supervision. It is still in our group, so the group kill takes it too.
+"""
+
+PROCESSES_ABOVE_THE_SANDBOX = 2
+"""The helper and bwrap's monitor: the sandbox's own mount namespace starts below them."""
 
 
 def die_with_us(python: str, bwrap: str, argv: list[str]) -> list[str]:
-    """`argv` (bwrap's, argv[0] included) run so that bwrap is SIGKILLed when we die."""
+    """`argv` (bwrap's, argv[0] included) run so that all of bwrap goes when we do."""
     return [python, "-I", "-S", "-c", DIE_WITH_US, str(os.getpid()), bwrap, *argv]
 
 
@@ -389,7 +414,11 @@ class BubblewrapSandbox:
             passed += [info_write, block_read]
             parent_ends += [info_read, block_write]
             handshake = (info_write, block_read)
-        argv = self._argv(job, jd.work, devices, handshake, passed)
+        # The lifeline: the job's launcher refuses to start once the host is gone (our
+        # end closed), e.g. killed mid-handshake, when bwrap would go on unwatched.
+        lifeline, lifeline_ours = os.pipe()
+        passed.append(lifeline)
+        argv = self._argv(job, jd.work, devices, handshake, passed, lifeline)
         stdout = StreamCapture(limits.output_bytes, jd.stdout_log)
         stderr = StreamCapture(limits.output_bytes, jd.stderr_log)
         started = time.monotonic()
@@ -407,6 +436,7 @@ class BubblewrapSandbox:
             except BaseException:
                 stdout.close()
                 stderr.close()
+                os.close(lifeline_ours)
                 raise
             finally:
                 for fd in passed:
@@ -421,14 +451,17 @@ class BubblewrapSandbox:
         finally:
             for fd in parent_ends:
                 os.close(fd)
-        outcome = supervise(
-            proc,
-            wall_s=limits.wall_s,
-            started=started,
-            stdout=stdout,
-            stderr=stderr,
-            meter=Meter(limits, disk_dirs=[jd.work], tmpfs_depth=1),
-        )
+        try:
+            outcome = supervise(
+                proc,
+                wall_s=limits.wall_s,
+                started=started,
+                stdout=stdout,
+                stderr=stderr,
+                meter=Meter(limits, disk_dirs=[jd.work], tmpfs_depth=PROCESSES_ABOVE_THE_SANDBOX),
+            )
+        finally:
+            os.close(lifeline_ours)
         outcome.returncode = _from_bwrap_exit(outcome.returncode)
         result = build_result(
             outcome, jd, limits, backend=self.name, environment=dict(self.environment)
@@ -445,6 +478,7 @@ class BubblewrapSandbox:
         devices: list[str],
         handshake: tuple[int, int] | None,
         passed: list[int],
+        lifeline: int,
     ) -> list[str]:
         """The command line: bwrap under `die_with_us`; fds it must inherit go to `passed`."""
         layout = BwrapLayout(
@@ -455,7 +489,13 @@ class BubblewrapSandbox:
             devices=devices,
         )
         launcher = launcher_argv(
-            self.python, job.argv, job.limits, gpu=job.gpu, nproc=True, uid=JOB_UID
+            self.python,
+            job.argv,
+            job.limits,
+            gpu=job.gpu,
+            nproc=True,
+            uid=JOB_UID,
+            lifeline=lifeline,
         )
         bwrap = ["bwrap", *bwrap_args(layout, handshake, passed), *launcher]
         return die_with_us(self.python, self.bwrap, bwrap)

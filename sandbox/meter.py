@@ -115,10 +115,11 @@ def dir_usage_bytes(path: Path) -> int:
 class Meter:
     """Samples one job; says when it must be killed, and why.
 
-    `tmpfs_depth`: where the job's private tmpfs mounts are seen from: 0 through the
-    sampled tree's root, 1 through its first child (bwrap's monitor lives on the host's
-    mount namespace, its child in the sandbox's), None when the job has no private tmpfs
-    that we can read (subprocess; Docker, whose cgroup counts it).
+    `tmpfs_depth`: how far below the sampled tree's root the sandbox starts (cold bwrap:
+    2, below our helper and bwrap's monitor, which live on the host's mount namespace
+    and are not the job's memory; the warm worker: 0, the job's init), through which
+    its private tmpfs mounts are read; None when the job has no private tmpfs that we
+    can read (subprocess; Docker, whose cgroup counts it).
     """
 
     limits: Limits
@@ -141,7 +142,7 @@ class Meter:
             tmpfs_mb = used / MB
             self.tmpfs_full = self.tmpfs_full or full
         self._tmpfs_mb = tmpfs_mb
-        memory = pss_mb(pids) + tmpfs_mb
+        memory = pss_mb(pids[self.tmpfs_depth or 0 :]) + tmpfs_mb
         self.peak_memory_mb = max(self.peak_memory_mb, memory)
         if self.memory_watchdog and memory > self.limits.memory_mb and not self.oom:
             self.oom = (

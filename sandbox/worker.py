@@ -77,7 +77,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import selectors
 import signal
 import socket
@@ -88,7 +87,6 @@ import time
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +95,6 @@ from sandbox.base import (
     DRAIN_GRACE_S,
     JOB_UID,
     NO_GPU_MESSAGE,
-    PYTHON_NAMES,
     WATCHDOG_EVERY_S,
     JobDir,
     Meter,
@@ -118,6 +115,14 @@ from sandbox.meter import file_size_bytes
 from sandbox.owner import owner_id
 from sandbox.retention import OWNER_FILE
 from sandbox.worker_inside import BOOT, worker_source
+from sandbox.worker_process import (
+    WorkerError,
+    _pidfd_pid,
+    _receive,
+    _Shared,
+    _Worker,
+    python_mode,
+)
 
 STARTUP_TIMEOUT_S = 180.0
 """How long the worker may take to start and import `preload` (torch: seconds)."""
@@ -128,84 +133,6 @@ KILL_GRACE_S = 15.0
 WORKER_TMPFS_BYTES = 64 * 1024 * 1024
 """/tmp and /dev/shm of the worker itself; every job gets fresh ones of its own."""
 JOBS_MOUNT = "/jobs"
-
-
-class WorkerError(Exception):
-    """The worker could not be started or stopped answering."""
-
-
-# =========================================================================== on the host
-
-
-def python_mode(argv: list[str], python: str) -> tuple[str, list[str]]:
-    """How the worker runs `argv`: ("script" | "module" | "code", args) or ("exec", argv).
-
-    `python script.py ARGS`, `python -m MOD ARGS` and `python -c CODE ARGS` run warm,
-    in the forked child; anything else is exec'd (the sandbox's own interpreter for
-    `python`), in the same namespaces but without the preloaded modules.
-    """
-    if argv and argv[0] in PYTHON_NAMES and len(argv) >= 2:
-        first = argv[1]
-        if first in ("-m", "-c") and len(argv) >= 3:
-            return ("module" if first == "-m" else "code"), argv[2:]
-        if not first.startswith("-"):
-            return "script", argv[1:]
-    return "exec", [python if i == 0 and a in PYTHON_NAMES else a for i, a in enumerate(argv)]
-
-
-@dataclass
-class _Worker:
-    """One started worker: the bwrap process and our end of its control channel."""
-
-    proc: subprocess.Popen[bytes]
-    ctrl: socket.socket
-    devices: list[str]
-    loaded: dict[str, str] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            return False
-        try:  # an EOF (or a stray message) on the channel means it is not usable
-            ready, _, _ = select.select([self.ctrl], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not ready
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self.ctrl.close()
-        if self.proc.poll() is None:
-            # bwrap leads its process group; the sandbox's pid 1 dies with bwrap
-            # (--die-with-parent) and takes the worker and any job with it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-
-@dataclass
-class _Shared:
-    """What the finalizer needs, kept apart from the sandbox object."""
-
-    worker: _Worker | None = None
-    spawner: ThreadPoolExecutor | None = None
-
-    def shutdown(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-            self.worker = None
-        if self.spawner is not None:
-            self.spawner.shutdown(wait=True)
-            self.spawner = None
-
-
-def _pidfd_pid(pidfd: int) -> int:
-    """The host pid behind a pidfd (-1 once the process is gone)."""
-    with open(f"/proc/self/fdinfo/{pidfd}") as fh:
-        for line in fh:
-            if line.startswith("Pid:"):
-                return int(line.split()[1])
-    return -1
 
 
 class WarmWorkerSandbox:
@@ -240,7 +167,7 @@ class WarmWorkerSandbox:
 
     @property
     def worker_pid(self) -> int | None:
-        """Host pid of the worker's bwrap process, None when no worker is running."""
+        """Host pid of the worker's group leader (`bwrap.die_with_us`); None when none runs."""
         worker = self._shared.worker
         return worker.proc.pid if worker is not None and worker.alive() else None
 
@@ -604,15 +531,6 @@ class WarmWorkerSandbox:
             backend=self.name,
             environment=dict(self.environment),
         )
-
-
-def _receive(sock: socket.socket, timeout: float) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message from the worker (None at EOF) and the fds it carried."""
-    ready, _, _ = select.select([sock], [], [], timeout)
-    if not ready:
-        raise WorkerError(f"no answer from the worker within {timeout:g} s")
-    data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
-    return (json.loads(data) if data else None), list(fds)
 
 
 __all__ = ["WarmWorkerSandbox", "WorkerError", "python_mode", "worker_source"]

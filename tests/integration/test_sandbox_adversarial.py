@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import stat
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +24,12 @@ from typing import Any
 import pytest
 
 from reprodesk.schemas import Job, Limits, RunResult
-from sandbox import BubblewrapSandbox, Sandbox, SubprocessSandbox, WarmWorkerSandbox, backend_report
+from sandbox import BubblewrapSandbox, Sandbox, SubprocessSandbox, WarmWorkerSandbox
 from sandbox.artifacts import LOG_KEYS, copy_artifacts
 from sandbox.bwrap import ETC_FILES
 from sandbox.container import DockerSandbox, docker_available
 from sandbox.retention import remove_job_dirs
+from tests.sandbox_jobs import assert_no_stray_child, assert_none_left, bwrap_works_or_skip, report
 
 TEST_IMAGE = os.environ.get("REPRODESK_DOCKER_IMAGE", "reprodesk-sandbox:test")
 ISOLATING = ["bwrap", "bwrap-warm", "docker"]
@@ -40,21 +40,15 @@ SMALL_MEMORY_MB = {"bwrap": 256, "bwrap-warm": 1024, "docker": 256}
 ALIVE = "import json\nprint(json.dumps({'alive': True}))\n"
 
 
-def _bwrap_or_skip() -> None:
-    works, why = {n: (w, y) for n, w, y in backend_report()}["bwrap"]
-    if not works:
-        pytest.skip(f"bubblewrap cannot run here: {why}")
-
-
 @pytest.fixture(scope="module")
 def cold_box(tmp_path_factory: pytest.TempPathFactory) -> BubblewrapSandbox:
-    _bwrap_or_skip()
+    bwrap_works_or_skip()
     return BubblewrapSandbox(tmp_path_factory.mktemp("bwrap-jobs"))
 
 
 @pytest.fixture(scope="module")
 def warm_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmWorkerSandbox]:
-    _bwrap_or_skip()
+    bwrap_works_or_skip()
     with WarmWorkerSandbox(tmp_path_factory.mktemp("warm-jobs")) as box:
         box.start()
         yield box
@@ -101,12 +95,7 @@ def box(request: pytest.FixtureRequest) -> Sandbox:
 @pytest.fixture(autouse=True)
 def _no_stray_children() -> Iterator[None]:
     yield
-    # Every run reaps its own processes; nothing may be left as our child.
-    try:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        pid = 0
-    assert pid == 0
+    assert_no_stray_child()
 
 
 def limits(box: Sandbox, **overrides: Any) -> Limits:
@@ -118,34 +107,6 @@ def limits(box: Sandbox, **overrides: Any) -> Limits:
 def run(box: Sandbox, code: str, *args: str, lim: Limits | None = None) -> RunResult:
     job = Job(files={"main.py": code}, argv=["python", "main.py", *args], limits=lim or limits(box))
     return box.run(job)
-
-
-def report(result: RunResult) -> dict[str, Any]:
-    """The job's own report: its metrics line, which each attack prints."""
-    assert result.metrics is not None, (result.status, result.message, result.stderr[-2000:])
-    return result.metrics
-
-
-def processes_with(marker: str) -> list[int]:
-    """Host pids whose command line holds `marker`."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read():
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def assert_none_left(marker: str) -> None:
-    deadline = time.monotonic() + 2.0  # SIGKILLed processes can take a moment to vanish
-    while processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert processes_with(marker) == []
 
 
 # =========================================================================== every backend
@@ -582,7 +543,7 @@ def test_cli_runs_a_script_on_each_named_backend(
 ) -> None:
     """Break 6: `reprodesk sandbox run --backend bwrap-warm` was refused."""
     if backend != "subprocess":
-        _bwrap_or_skip()
+        bwrap_works_or_skip()
     from typer.testing import CliRunner
 
     from reprodesk.cli.sandbox import sandbox_app

@@ -11,25 +11,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import sandbox.bwrap
 from reprodesk.schemas import Job, Limits, RunResult
-from sandbox import BubblewrapSandbox, Sandbox, backend_report
+from sandbox import BubblewrapSandbox, Sandbox
+from tests.sandbox_jobs import (
+    assert_no_stray_child,
+    assert_none_left,
+    bwrap_works_or_skip,
+    processes_with,
+    report,
+)
 
 FAST = Limits(wall_s=20, memory_mb=1024, output_bytes=64_000)
-
-
-def bwrap_works_or_skip() -> None:
-    works, why = {n: (w, y) for n, w, y in backend_report()}["bwrap"]
-    if not works:
-        pytest.skip(f"bubblewrap cannot run here: {why}")
 
 
 @pytest.fixture(scope="module")
@@ -42,43 +41,10 @@ def run(box: Sandbox, code: str, *args: str, limits: Limits = FAST) -> RunResult
     return box.run(Job(files={"main.py": code}, argv=["python", "main.py", *args], limits=limits))
 
 
-def report(result: RunResult) -> dict[str, Any]:
-    """The job's own report: its metrics line, which each attack prints."""
-    assert result.metrics is not None, (result.status, result.message, result.stderr[-2000:])
-    return result.metrics
-
-
-def processes_with(marker: str) -> list[int]:
-    """Host pids whose command line holds `marker`."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read():
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.fixture(autouse=True)
 def _no_stray_children() -> Iterator[None]:
     yield
-    # Every run reaps its own processes; nothing may be left as our child.
-    try:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        pid = 0
-    assert pid == 0
-
-
-def assert_none_left(marker: str) -> None:
-    deadline = time.monotonic() + 1.0  # SIGKILLed processes can take a moment to vanish
-    while processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert processes_with(marker) == []
+    assert_no_stray_child()
 
 
 # --------------------------------------------------------------------------- bwrap only
@@ -176,7 +142,10 @@ def test_bwrap_dies_with_a_host_killed_during_the_uid_map_handshake(tmp_path: Pa
         "import sandbox.bwrap\n"
         "from reprodesk.schemas import Job, Limits\n"
         "def stuck(info_fd, block_fd, **kw):  # maps the ids, then dies before letting go\n"
-        "    pid = json.loads(os.read(info_fd, 4096))['child-pid']\n"
+        "    data = b''\n"
+        "    while chunk := os.read(info_fd, 4096):  # bwrap closes it after the JSON\n"
+        "        data += chunk\n"
+        "    pid = json.loads(data)['child-pid']\n"
         "    for name in ('uid_map', 'gid_map'):\n"
         "        with open(f'/proc/{pid}/{name}', 'w') as fh:\n"
         "            fh.write('0 0 1\\n65534 65534 1\\n')\n"

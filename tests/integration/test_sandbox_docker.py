@@ -19,13 +19,13 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import docker.errors
 import pytest
 
 from reprodesk.schemas import Job, Limits, RunResult
 from sandbox.container import LABEL, OWNER_LABEL, DockerSandbox, docker_available
+from tests.sandbox_jobs import report
 
 TEST_IMAGE = os.environ.get("REPRODESK_DOCKER_IMAGE", "reprodesk-sandbox:test")
 """The tag scripts/docker-engine.sh builds."""
@@ -60,12 +60,6 @@ def _next_job_runs_and_nothing_is_left(docker_box: DockerSandbox) -> Iterator[No
 
 def run(box: DockerSandbox, code: str, *args: str, limits: Limits = FAST) -> RunResult:
     return box.run(Job(files={"main.py": code}, argv=["python", "main.py", *args], limits=limits))
-
-
-def report(result: RunResult) -> dict[str, Any]:
-    """The job's own report: its metrics line, which each attack prints."""
-    assert result.metrics is not None, (result.status, result.message, result.stderr[-2000:])
-    return result.metrics
 
 
 def test_trivial_job_is_ok_with_metrics_and_artifacts(docker_box: DockerSandbox) -> None:

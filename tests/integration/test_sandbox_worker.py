@@ -21,29 +21,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import sandbox.worker
 from reprodesk.schemas import Job, Limits, RunResult
-from sandbox import backend_report
 from sandbox.worker import WarmWorkerSandbox, python_mode
 from sandbox.worker_inside import worker_source
+from tests.sandbox_jobs import assert_no_stray_child, bwrap_works_or_skip, processes_with, report
 
 # RLIMIT_AS counts the preloaded torch (about 0.6 GB of address space) in every job.
 FAST = Limits(wall_s=20, memory_mb=2048, output_bytes=64_000)
 
 
-def _bwrap_or_skip() -> None:
-    works, why = dict((n, (w, y)) for n, w, y in backend_report())["bwrap"]
-    if not works:
-        pytest.skip(f"bubblewrap cannot run here: {why}")
-
-
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmWorkerSandbox]:
-    _bwrap_or_skip()
+    bwrap_works_or_skip()
     sandbox = WarmWorkerSandbox(tmp_path_factory.mktemp("warm-jobs"))
     sandbox.start()
     yield sandbox
@@ -53,12 +46,6 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmWorkerSandbox]
 
 def run(box: WarmWorkerSandbox, code: str, *args: str, limits: Limits = FAST) -> RunResult:
     return box.run(Job(files={"main.py": code}, argv=["python", "main.py", *args], limits=limits))
-
-
-def report(result: RunResult) -> dict[str, Any]:
-    """The job's own report: its metrics line, which each attack prints."""
-    assert result.metrics is not None, (result.status, result.message, result.stderr[-2000:])
-    return result.metrics
 
 
 def tree(root: int) -> list[int]:
@@ -84,24 +71,20 @@ def tree(root: int) -> list[int]:
 def assert_worker_idle(box: WarmWorkerSandbox, pid: int) -> None:
     """The same worker is up, and nothing of any job is left under it.
 
-    An idle worker's tree is bwrap, the sandbox's init, and the worker's Python.
+    An idle worker's tree is our helper (`bwrap.die_with_us`), bwrap, the sandbox's
+    init, and the worker's Python.
     """
     assert box.worker_pid == pid
     deadline = time.monotonic() + 2.0
-    while len(tree(pid)) != 3 and time.monotonic() < deadline:
+    while len(tree(pid)) != 4 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(tree(pid)) == 3, tree(pid)
+    assert len(tree(pid)) == 4, tree(pid)
 
 
 @pytest.fixture(autouse=True)
 def _no_stray_children() -> Iterator[None]:
     yield
-    # Every run reaps its own processes; nothing may be left as our child but a worker.
-    try:
-        pid, _ = os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        pid = 0
-    assert pid == 0
+    assert_no_stray_child()
 
 
 ALIVE = "import json\nprint(json.dumps({'alive': True}))\n"
@@ -291,7 +274,7 @@ def test_a_job_sees_no_worker_channel_and_runs_as_nobody(box: WarmWorkerSandbox)
 def test_host_secret_env_var_is_not_visible(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _bwrap_or_skip()
+    bwrap_works_or_skip()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-host-secret-123")
     code = (
         "import json, os\n"
@@ -310,7 +293,7 @@ def test_host_secret_env_var_is_not_visible(
 def test_rss_watchdog_kills_a_gpu_job_over_its_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _bwrap_or_skip()
+    bwrap_works_or_skip()
     # A GPU job has no RLIMIT_AS; pretend /dev/null is the GPU to reach the watchdog,
     # in a worker without torch (whose resident pages alone would pass 192 MB).
     monkeypatch.setattr(sandbox.worker, "gpu_devices", lambda: ["/dev/null"])
@@ -395,7 +378,7 @@ def test_a_worker_killed_during_a_job_reports_it_and_comes_back(box: WarmWorkerS
 
 
 def test_the_worker_and_its_job_die_with_the_host(tmp_path: Path) -> None:
-    _bwrap_or_skip()
+    bwrap_works_or_skip()
     marker = f"no_such_module_{uuid.uuid4().hex}"  # in the worker's argv, so in every fork's
     host = (
         "import sys\n"
@@ -430,21 +413,6 @@ def test_the_worker_and_its_job_die_with_the_host(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert processes_with(marker) == []
     assert not pid_exists(worker_pid)
-
-
-def processes_with(marker: str) -> list[int]:
-    """Host pids whose command line holds `marker`."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read():
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def pid_exists(pid: int) -> bool:

@@ -276,6 +276,7 @@ def test_launcher_maps_python_and_sets_limits() -> None:
         str(2 << 20),
         "0",
         "65534",
+        "-1",
         "/py",
         "train.py",
         "python",
@@ -285,7 +286,7 @@ def test_launcher_maps_python_and_sets_limits() -> None:
 def test_gpu_jobs_get_no_address_space_limit_and_subprocess_no_nproc() -> None:
     argv = launcher_argv("/py", ["nvidia-smi"], Limits(), gpu=True, nproc=False, uid=None)
     assert argv[5:7] == ["-1", "-1"]
-    assert argv[9:] == ["-1", "nvidia-smi"]
+    assert argv[9:] == ["-1", "-1", "nvidia-smi"]
 
 
 def test_job_env_is_an_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
