@@ -26,6 +26,7 @@ import pytest
 
 import sandbox.worker
 from reprodesk.schemas import Job, Limits, RunResult
+from sandbox.meter import process_tree
 from sandbox.worker import WarmWorkerSandbox, python_mode
 from sandbox.worker_inside import worker_source
 from tests.sandbox_jobs import assert_no_stray_child, bwrap_works_or_skip, processes_with, report
@@ -48,26 +49,6 @@ def run(box: WarmWorkerSandbox, code: str, *args: str, limits: Limits = FAST) ->
     return box.run(Job(files={"main.py": code}, argv=["python", "main.py", *args], limits=limits))
 
 
-def tree(root: int) -> list[int]:
-    """Host pids of `root` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as fh:
-                ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
-        except OSError:
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
-
-
 def assert_worker_idle(box: WarmWorkerSandbox, pid: int) -> None:
     """The same worker is up, and nothing of any job is left under it.
 
@@ -76,9 +57,9 @@ def assert_worker_idle(box: WarmWorkerSandbox, pid: int) -> None:
     """
     assert box.worker_pid == pid
     deadline = time.monotonic() + 2.0
-    while len(tree(pid)) != 4 and time.monotonic() < deadline:
+    while len(process_tree(pid)) != 4 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(tree(pid)) == 4, tree(pid)
+    assert len(process_tree(pid)) == 4, process_tree(pid)
 
 
 @pytest.fixture(autouse=True)
