@@ -108,6 +108,8 @@ def make_publish(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
         assert draft is not None
         final = deps.runs_dir() / state.run_id
         final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{state.run_id}.*"):  # a publish killed midway
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{state.run_id}.", dir=final.parent))
         try:
             for sub in ("code", "results", "figures"):

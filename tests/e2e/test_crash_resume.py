@@ -11,6 +11,7 @@ this is the ledger's job.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -166,6 +167,60 @@ def test_sigkill_mid_profiler_then_resume_relaunches_no_finished_job(tmp_path: P
     assert (folder / "writeup.md").is_file()
     assert "## Claims" in (folder / "writeup.md").read_text()
     assert len(list((folder / "results").iterdir())) == len(after)  # every job's evidence
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_sigkill_during_publish_then_resume_leaves_no_staging_and_no_duplicate(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    run_id = "crash-publish"
+    argv = ("run", str(SAMPLE), "--auto-approve", "--llm", "offline", "--run-id", run_id)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reprodesk", *argv],
+        env=_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    runs = home / "runs"
+    try:
+        deadline = time.monotonic() + WAIT_S
+        # publish writes into a hidden staging folder, then renames it into place
+        while not (runs.is_dir() and list(runs.glob(f".{run_id}.*"))):
+            assert proc.poll() is None, "the run ended before publish was caught"
+            assert time.monotonic() < deadline, "publish never started"
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _reap_leftovers(home)
+    assert list(runs.glob(f".{run_id}.*")), "the kill should leave a staging folder behind"
+    assert not (runs / run_id / "writeup.md").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "reprodesk", "resume", run_id],
+        env=_env(home),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert resumed.returncode == 0, (resumed.stdout, resumed.stderr)
+    assert list(runs.glob(f".{run_id}.*")) == []  # no staging leftovers
+    assert (runs / run_id / "writeup.md").is_file()
+    assert set(Ledger(home / "ledger.sqlite").launches(run_id).values()) == {1}
+    from memory import FindingStore
+
+    with FindingStore.open(home / "memory") as store:
+        evidence = json.loads((runs / run_id / "evidence.json").read_text())
+        ids = [f["id"] for f in evidence["findings"]]
+        assert store.count() == len(ids) == len(set(ids))  # stored once each
+        assert all(store.get(i) is not None for i in ids)
 
 
 # --------------------------------------------------------------------------- unit level
