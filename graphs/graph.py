@@ -8,6 +8,7 @@ finance_critic -> writer     (review loop, bounded by policy.max_critic_rounds)
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from graphs import routing
 from graphs.nodes import make_execute, make_gate, make_publish
 from graphs.state import Context
 from reprodesk import plan, results, schemas, state
+from reprodesk.schemas import UserError
 
 # Only our own models may be revived from a checkpoint (strict msgpack allow-list):
 # every pydantic model declared in the shared-schema modules, so a new one cannot be
@@ -40,16 +42,56 @@ _STATE_TYPES: tuple[type, ...] = tuple(
 )
 
 
-def open_checkpointer(path: Path) -> SqliteSaver:
-    """SQLite in WAL mode with a busy timeout, one connection per process."""
+def open_checkpointer(path: Path, database_url: str | None = None) -> Any:
+    """SQLite under the home (WAL, busy timeout), or Postgres when a URL is given.
+
+    Postgres is the scale-out option: many drivers on many hosts share one database.
+    A URL that refuses is one UserError naming the URL (without its password).
+    """
+    if database_url:
+        return _postgres(database_url)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
-    serde = JsonPlusSerializer(allowed_msgpack_modules=_STATE_TYPES)
-    saver = SqliteSaver(conn, serde=serde)
+    saver = SqliteSaver(conn, serde=_serde())
     saver.setup()
     return saver
+
+
+def _serde() -> JsonPlusSerializer:
+    return JsonPlusSerializer(allowed_msgpack_modules=_STATE_TYPES)
+
+
+def _postgres(url: str) -> Any:
+    import psycopg
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from psycopg.rows import dict_row
+
+    shown = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    try:
+        conn = psycopg.connect(
+            url, autocommit=True, prepare_threshold=0, row_factory=dict_row, connect_timeout=10
+        )
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"REPRODESK_DATABASE_URL {shown}: cannot connect ({first})") from exc
+    saver = PostgresSaver(conn, serde=_serde())
+    saver.setup()
+    return saver
+
+
+def thread_ids(checkpointer: Any) -> list[str]:
+    """Every run (thread) the checkpointer holds, newest first."""
+    sql = (
+        "SELECT thread_id, MAX(checkpoint_id) AS last FROM checkpoints GROUP BY thread_id "
+        "ORDER BY last DESC"
+    )
+    if isinstance(checkpointer, SqliteSaver):
+        return [str(r[0]) for r in checkpointer.conn.execute(sql).fetchall()]
+    with checkpointer.conn.cursor() as cur:  # Postgres, dict rows
+        cur.execute(sql)
+        return [str(r["thread_id"]) for r in cur.fetchall()]
 
 
 def _add(g: StateGraph[Any, Any, Any, Any], name: str, node: Any) -> None:

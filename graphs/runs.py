@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from agents.deps import Deps
 from graphs.gates import check_plan_edit
+from graphs.graph import thread_ids
 from graphs.lease import Lease, RunBusy
 from graphs.replay import Step, describe, state_at, timeline
 from graphs.state import Context
@@ -100,12 +101,7 @@ class Runs:
 
     def run_ids(self) -> list[str]:
         """Newest first."""
-        conn = self.graph.checkpointer.conn
-        rows = conn.execute(
-            "SELECT thread_id, MAX(checkpoint_id) FROM checkpoints GROUP BY thread_id "
-            "ORDER BY MAX(checkpoint_id) DESC"
-        ).fetchall()
-        return [str(r[0]) for r in rows]
+        return thread_ids(self.graph.checkpointer)
 
     def _snapshot(self, run_id: str) -> Any:
         snap = self.graph.get_state(_config(run_id))

@@ -126,7 +126,7 @@ def build_app(
         open_store=open_store,
         policies=policies if policies is not None else offline_policies(limits),
     )
-    graph = build_graph(deps, open_checkpointer(home / "runs.sqlite"))
+    graph = build_graph(deps, open_checkpointer(home / "runs.sqlite", settings.database_url))
     app = App(settings=settings, deps=deps, graph=graph, runs=Runs(graph, deps))
     close = getattr(box, "close", None)
     if callable(close):

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     sandbox: SandboxName = Field(
         default="auto", description="auto picks the strongest backend that works here."
     )
+    database_url: str | None = Field(
+        default=None,
+        description="A Postgres URL for the checkpoints (postgresql://user:pw@host/db); "
+        "default: SQLite under the home.",
+    )
     chroma_url: str | None = Field(
         default=None, description="A Chroma server (http://host:port); default: embedded store."
     )
