@@ -13,24 +13,26 @@ fused kernels). Latencies are eager PyTorch on this machine and do not transfer.
     python recipes/mla.py                  # a few seconds on 2 CPU cores
     python recipes/mla.py --preset 4070    # a 12 GB GPU, DeepSeek-V2 head sizes
 
-Imports only torch and the standard library: it runs in a sandbox without the project.
-The last stdout line is one JSON object with every metric.
+Imports only torch, the standard library and harness.py, which ships beside it: it runs
+in a sandbox without the project. The last stdout line is one JSON object with every metric.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+if __package__:  # imported from the project, as recipes.mla
+    from . import harness
+else:  # run as a script: harness.py lies beside it (in the job dir, or in recipes/)
+    import harness  # type: ignore[no-redef]
 
 VARIANTS = ("mha", "gqa", "mqa", "mla")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -320,19 +322,9 @@ def estimate_bytes(cfg: Config) -> int:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    err = config_error(cfg)
-    if err:
-        raise ValueError(err)
-    t_start = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        # Decode steps this small are latency-bound: extra intra-op threads only add
-        # synchronisation, and on a busy machine one descheduled thread stalls every op.
-        torch.set_num_threads(cfg.threads)
-    try:
-        return measure(cfg, t_start)
-    finally:
-        torch.set_num_threads(threads_before)  # run() is also called in-process by tests
+    # Decode steps this small are latency-bound: extra intra-op threads only add
+    # synchronisation, and on a busy machine one descheduled thread stalls every op.
+    return harness.run(cfg, config_error(cfg), measure)
 
 
 def measure(cfg: Config, t_start: float) -> dict[str, Any]:
@@ -391,26 +383,17 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
             f"setting here (d_c={dc}, d_h^R={dr}, d_h={dh}), so not 2.25"
         )
     per_layer = mla["cache_elems_per_token_per_layer"]
+    mha_ratio = mla["cache_elems_per_token"] / mha["cache_elems_per_token"]
     claims = [
-        claim("mla_cache_formula", (dc + dr) * L, mla["cache_elems_per_token"]),
-        claim("mla_gqa_equivalent_groups", groups, per_layer / (2 * dh), groups_text),
-        claim(
-            "mla_vs_mha_cache_ratio",
-            (dc + dr) / (2 * H * dh),
-            mla["cache_elems_per_token"] / mha["cache_elems_per_token"],
+        harness.claim(CLAIMS, "mla_cache_formula", (dc + dr) * L, mla["cache_elems_per_token"]),
+        harness.claim(
+            CLAIMS, "mla_gqa_equivalent_groups", groups, per_layer / (2 * dh), text=groups_text
         ),
-        claim("mla_absorbed_equals_naive", 0.0, diff),
+        harness.claim(CLAIMS, "mla_vs_mha_cache_ratio", (dc + dr) / (2 * H * dh), mha_ratio),
+        harness.claim(CLAIMS, "mla_absorbed_equals_naive", 0.0, diff),
     ]
-    dev = torch.device(cfg.device)
     return {
-        "recipe": "mla",
-        "config": {**asdict(cfg), "seq_lens": list(cfg.seq_lens)},
-        "env": {
-            "torch": torch.__version__,
-            "device": str(dev),
-            "gpu_name": torch.cuda.get_device_name(dev) if cuda else None,
-            "threads": torch.get_num_threads(),
-        },
+        **harness.header("mla", cfg),
         "variants": variants,
         "absorbed_max_abs_diff": diff,
         "absorbed_max_rel_diff": rel,
@@ -421,21 +404,6 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
             "cuda_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         },
         "wall_s": time.perf_counter() - t_start,
-    }
-
-
-def claim(id_: str, paper: float, measured: float, text: str = "") -> dict[str, Any]:
-    default_text, metric, unit, tol = CLAIMS[id_]
-    ok = abs(measured - paper) <= tol * max(1.0, abs(paper))
-    return {
-        "id": id_,
-        "claim": text or default_text,
-        "metric": metric,
-        "paper_value": paper,
-        "measured_value": measured,
-        "unit": unit,
-        "tolerance": tol,
-        "verdict": "reproduced" if ok else "not reproduced",
     }
 
 
@@ -479,26 +447,9 @@ def config_error(cfg: Config) -> str | None:
     return None
 
 
-def fail(message: str) -> NoReturn:
-    print(f"mla.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        fail(message)
-
-
-def seq_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
-
-
 def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
     big = Config(**PRESETS["4070"])
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.Parser(__file__, __doc__)
     add = p.add_argument
     add("--n-heads", type=int, help="attention heads n_h (default 32)")
     add("--d-head", type=int, help="per-head dimension d_h; d_model = n_heads*d_head (default 8)")
@@ -513,51 +464,33 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
     add("--repeats", type=int, help="times the whole decode is repeated (default 3)")
     add(
         "--seq-lens",
-        type=seq_list,
+        type=harness.int_list,
         help="comma list of context lengths for a latency grid, e.g. 64,128,256 (default: none)",
     )
     add("--grid-steps", type=int, help="timed decode steps per grid cell (default 8)")
     add("--dtype", choices=list(DTYPES), help="weights and cache dtype (default float32)")
-    add("--device", choices=["cpu", "cuda", "auto"], help="auto = cuda if available (default cpu)")
-    add(
-        "--preset",
-        choices=list(PRESETS),
-        help="none; cpu = defaults plus seq-lens 64,128,256; "
+    p.add_common(
+        PRESETS,
+        preset="none; cpu = defaults plus seq-lens 64,128,256; "
         f"4070 = 12 GB GPU: n_h 32, d_h 128, d_c 512, d_h^R 64, 4 layers, batch 4, prompt 1024, "
         f"128 steps, seq-lens 256..2048, bfloat16, cuda; estimated peak "
         f"{estimate_bytes(big) / 2**30:.1f} GiB. Explicit flags override a preset",
-    )
-    add(
-        "--threads",
-        type=int,
-        help="CPU intra-op threads, 0 = torch's default (default 1: "
+        threads="CPU intra-op threads, 0 = torch's default (default 1: "
         "steps this small are latency-bound, more threads only add sync overhead and noise)",
+        seed="weights and inputs",
     )
-    add("--seed", type=int, help="seed for weights and inputs (default 0)")
-    add("--out", type=Path, help="also write metrics.json into this directory")
-    args = vars(p.parse_args(argv))
-    out = args.pop("out")
-
-    values: dict[str, Any] = dict(PRESETS[args["preset"] or "none"])
-    values.update({k: v for k, v in args.items() if v is not None})
+    values, out = p.values(argv)
     d_head, n_heads = values.get("d_head", Config.d_head), values.get("n_heads", Config.n_heads)
     assert isinstance(d_head, int) and isinstance(n_heads, int)
     values.setdefault("d_c", 4 * d_head)  # derived when neither a flag nor the preset set it
     values.setdefault("d_rope", d_head // 2)
     values.setdefault("gqa_groups", max(1, n_heads // 4))
-    if values.get("device") == "auto":
-        values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = Config(**{f.name: values.get(f.name, getattr(Config, f.name)) for f in fields(Config)})
-    return cfg, out
+    return harness.make_config(Config, values), out
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
-    err = config_error(cfg)
-    if out is not None and out.exists() and not out.is_dir():
-        err = err or f"--out: {out} exists and is not a directory"
-    if err:
-        fail(err)
+    harness.preflight(__file__, config_error(cfg), out)
     metrics = run(cfg)
     print(f"{'variant':8} {'elems/tok':>10} {'bytes/tok':>10} {'per layer':>10} {'decode ms':>16}")
     for v, m in metrics["variants"].items():
@@ -569,15 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mla naive form: {metrics['variants']['mla']['naive_decode_ms_mean']:.3f} ms/step")
     for g in metrics["grid"]:
         print(f"grid {g['variant']:4} seq_len {g['seq_len']:>6}: {g['decode_ms_mean']:.3f} ms/step")
-    for c in metrics["claims"]:
-        print(
-            f"{c['id']}: paper {c['paper_value']:.6g} measured {c['measured_value']:.6g} "
-            f"-> {c['verdict']}"
-        )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics))
+    harness.report(metrics, out)
 
 
 if __name__ == "__main__":
