@@ -1,30 +1,17 @@
-"""The paper loader against a real HTTP server on 127.0.0.1 and real files on disk.
+"""Paper loading over HTTP: sniffing, retries, redirects, caps, deadlines, cache, HTML and
+LaTeX sources from a real server on 127.0.0.1.
 
-The server is the stdlib ThreadingHTTPServer with scripted misbehaviour (flaky 5xx,
-429, redirect chains and loops, lying Content-Type and Content-Length, stalls, an
-HTML page where a PDF was promised). PDFs are real ones made by matplotlib
-(tests/pdfgen.py), encrypted with pypdf's writer; LaTeX tarballs, hostile ones
-included, are made in memory. A six-page two-column paper of our own making, drawn
-row by row across both columns with running heads and page numbers, states MLA and
-DeepSeekMoE hyperparameters and claims on known pages: the digest must find each,
-on its page, and nothing from related work or references. Fetchers get tiny
-timeouts and backoff so the whole file runs in seconds. Every failure must be one
-UserError line that names the input and the reason.
+Local files and archives: test_paper_files.py; two-column layout: test_paper_layout.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
-import io
 import json
 import socket
-import sys
-import tarfile
 import threading
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,87 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from matplotlib.figure import Figure
-from pypdf import PdfWriter
 
-from recipes.catalog import CATALOG
-from reprodesk.schemas import Paper, UserError
+from reprodesk.schemas import Paper
+from tests.paper_kit import (  # noqa: F401
+    ARTICLE_HTML,
+    INTRO_TEX,
+    MAIN_TEX,
+    NOTE_MD,
+    PDF_PAGES,
+    REFS_BBL,
+    ROOT,
+    SOURCE_TARBALL,
+    _png,
+    error_for,
+    fast,
+    tarball,
+)
+from tests.pdfgen import make_pdf
 from tools.digest import digest
 from tools.papers import load_paper
-from tools.papers.archive import ArchiveLimits
 from tools.papers.cache import PARSER_VERSION
-from tools.papers.fetch import USER_AGENT, Fetcher
-
-try:
-    from tests.pdfgen import ColumnPage, column, make_image_pdf, make_pdf, make_two_column_pdf
-except ImportError:  # pytest's default import mode puts tests/integration, not the root, on path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.pdfgen import ColumnPage, column, make_image_pdf, make_pdf, make_two_column_pdf
-
-ROOT = Path(__file__).resolve().parents[2]
-
-PDF_PAGES = [
-    ["DeepSeek-V2: A Strong, Economical, and Efficient MoE Model", "Abstract: we present MLA."],
-    ["Multi-head Latent Attention compresses the KV cache.", "We set 𝑑𝑐 = 512 and 𝑑𝑅 ℎ = 64."],
-    ["DeepSeekMoE uses fine-grained experts.", "Each token is routed to 6 experts."],
-]
-NOTE_MD = b"# MLA in one page\n\nLow-rank joint compression of keys and values.\n"
-ARTICLE_HTML = b"""<!DOCTYPE html><html><head><title>Site | GRPO explained</title>
-<meta name="citation_title" content="Group Relative Policy Optimization, explained">
-<meta name="citation_author" content="Ada Lovelace">
-<meta name="citation_author" content="Alan Turing">
-<meta name="citation_publication_date" content="2024/02/05"></head><body>
-<h1>GRPO, explained</h1><h2>Abstract</h2><p>We adopt Group Relative Policy Optimization.</p>
-<h2>1 Method</h2><p>GRPO reduces memory by 38.5% compared with PPO.</p>
-<table><caption>Table 1: Memory.</caption><tr><th>Method</th><th>Memory</th></tr>
-<tr><td>PPO</td><td>100%</td></tr><tr><td>GRPO</td><td>61.5%</td></tr></table>
-</body></html>"""
-MAIN_TEX = rb"""\documentclass{article}
-\newcommand{\model}{DeepSeek-V2}
-\title{\model: A Strong and Economical MoE Model}
-\author{Ada Lovelace \and Alan Turing}
-\begin{document}\maketitle
-\begin{abstract}\model{} reduces the KV cache by 93.3\%.\end{abstract}
-\input{sections/intro}
-\section{Hyperparameters}
-The KV compression dimension $d_{c}$ is set to 512. % and a comment
-\begin{equation} c_t = W^{DKV} h_t \end{equation}
-\bibliographystyle{plain}\bibliography{refs}
-\end{document}
-"""
-INTRO_TEX = rb"""\section{Introduction}
-We adopt Multi-head Latent Attention (MLA)~\citep{mla}, with low-rank key-value joint compression.
-"""
-REFS_BBL = rb"""\begin{thebibliography}{1}
-\bibitem{mla} DeepSeek-AI. \newblock DeepSeek-V2. \newblock 2024.
-\end{thebibliography}
-"""
-
-
-def tarball(members: dict[str, bytes], *, links: dict[str, str] | None = None) -> bytes:
-    """A .tar.gz made in memory: regular files, plus symbolic links name -> target."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-    return buf.getvalue()
-
-
-SOURCE_TARBALL = tarball(
-    {"main.tex": MAIN_TEX, "sections/intro.tex": INTRO_TEX, "main.bbl": REFS_BBL, "fig.png": b"x"}
-)
-
-
-def _png() -> bytes:
-    buf = io.BytesIO()
-    Figure(figsize=(1, 1)).savefig(buf, format="png")
-    return buf.getvalue()
+from tools.papers.fetch import USER_AGENT
 
 
 @pytest.fixture(scope="module")
@@ -232,22 +159,6 @@ def server(pdf_bytes: bytes) -> Iterator[Server]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
-
-
-def fast(**overrides: Any) -> Fetcher:
-    """A fetcher with test-sized waits; the retry logic is the production one."""
-    settings: dict[str, Any] = {"connect_timeout": 2.0, "read_timeout": 2.0, "backoff_s": 0.01}
-    return Fetcher(**(settings | overrides))
-
-
-def error_for(source: str, **kwargs: Any) -> str:
-    """The UserError message for loading `source`, checked to be one line naming it."""
-    with pytest.raises(UserError) as info:
-        load_paper(source, **kwargs)
-    message = str(info.value)
-    assert repr(source) in message, message
-    assert "\n" not in message
-    return message
 
 
 # --------------------------------------------------------------------------- over HTTP
@@ -387,160 +298,6 @@ def test_unsupported_scheme_is_refused() -> None:
     assert "unsupported URL scheme 'ftp'" in error_for("ftp://example.org/paper.pdf")
 
 
-# --------------------------------------------------------------------------- local files
-
-
-def test_multi_page_pdf_puts_each_page_on_its_page(tmp_path: Path) -> None:
-    path = make_pdf(tmp_path / "paper.pdf", PDF_PAGES)  # no /Title: first line is the title
-    paper = load_paper(str(path))
-    assert (paper.kind, paper.source, len(paper.pages)) == ("pdf", str(path), 3)
-    assert paper.title == PDF_PAGES[0][0]
-    for lines, text in zip(PDF_PAGES[::2], paper.pages[::2], strict=True):
-        assert text.splitlines() == lines  # matplotlib keeps each fig.text line intact
-    assert "compresses the KV cache" in paper.pages[1]
-    assert "6 experts" not in paper.pages[1]
-
-
-def test_markdown_file(tmp_path: Path) -> None:
-    (tmp_path / "note.md").write_bytes(NOTE_MD)
-    paper = load_paper(str(tmp_path / "note.md"))
-    assert (paper.kind, paper.title, len(paper.pages)) == ("markdown", "MLA in one page", 1)
-
-
-def test_md_extension_makes_markdown_without_headings(tmp_path: Path) -> None:
-    (tmp_path / "plain.md").write_text("Just a *note* on GRPO.\n")
-    assert load_paper(str(tmp_path / "plain.md")).kind == "markdown"
-
-
-def test_text_file_splits_pages_on_form_feeds(tmp_path: Path) -> None:
-    (tmp_path / "paper.txt").write_text("\n  GRPO paper\nintro\fmethod\fresults\f")
-    paper = load_paper(str(tmp_path / "paper.txt"))
-    assert (paper.kind, paper.title) == ("text", "GRPO paper")
-    assert paper.pages == ["\n  GRPO paper\nintro", "method", "results"]  # no page after last \f
-
-
-def test_tex_file_takes_its_title(tmp_path: Path) -> None:
-    tex = r"""\documentclass{article}
-\title{Multi-Token \textbf{Prediction}\thanks{Work done elsewhere.}}
-\begin{document}\maketitle Predict two tokens.\end{document}
-"""
-    (tmp_path / "mtp.tex").write_text(tex)
-    paper = load_paper(str(tmp_path / "mtp.tex"))
-    assert (paper.kind, paper.title, paper.page_unit) == (
-        "tex",
-        "Multi-Token Prediction",
-        "section",
-    )
-    assert paper.pages == ["Multi-Token Prediction\nPredict two tokens."]  # TeX read as text
-
-
-def test_html_file_keeps_text_and_drops_scripts(tmp_path: Path) -> None:
-    html = """
-    <!DOCTYPE html><html><head><title> FP8 Training </title>
-    <style>p { color: red }</style><script>var secret = 1;</script></head>
-    <body><h1>FP8</h1><p>Scaling per tile &amp; per block.</p><div>one<br>two</div></body></html>
-    """
-    (tmp_path / "page.txt").write_text(html)  # the name says txt; the bytes say html
-    paper = load_paper(str(tmp_path / "page.txt"))
-    assert (paper.kind, paper.title) == ("html", "FP8 Training")
-    assert paper.pages == ["FP8\n\nScaling per tile & per block.\n\none\ntwo"]
-
-
-def test_html_navigation_and_footer_are_not_the_paper(tmp_path: Path) -> None:
-    html = """<!DOCTYPE html><html><head><title>FP8</title></head><body>
-    <nav><ul><li><a href="/">Home</a></li><li>Papers with 2x more news</li></ul></nav>
-    <article><header><h1>FP8 Training</h1><p>Ada Lovelace</p></header>
-    <p>Blockwise scaling reduces memory by 40%.</p>
-    <aside>Related: our site is 3x faster.</aside></article>
-    <footer>Subscribe: 10% off this week.</footer></body></html>"""
-    (tmp_path / "page.html").write_text(html)
-    paper = load_paper(str(tmp_path / "page.html"))
-    assert paper.pages == [
-        "FP8 Training\n\nAda Lovelace\n\nBlockwise scaling reduces memory by 40%."
-    ]
-    assert [c.text for c in digest(paper).claims] == ["Blockwise scaling reduces memory by 40%."]
-
-
-def test_file_url_relative_path_and_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "my notes.md"
-    path.write_bytes(NOTE_MD)
-    assert load_paper(path.as_uri()).source == str(path)  # file:///...my%20notes.md
-    monkeypatch.chdir(tmp_path)
-    assert load_paper("my notes.md").source == str(path)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    assert load_paper("~/my notes.md").source == str(path)
-
-
-def test_sub_and_superscripts_stay_on_their_line(tmp_path: Path) -> None:
-    lines = [
-        "Scripts in MLA: multi-head latent attention.",
-        r"The KV compression dimension $d_c$ is set to 512.",  # mathtext: lowered, smaller
-        r"For the decoupled queries and key, we set the per-head dimension $d_h^R$ to 64.",
-    ]
-    paper = load_paper(str(make_pdf(tmp_path / "scripts.pdf", [lines])))
-    assert paper.pages[0].splitlines()[1:] == [
-        "The KV compression dimension dc is set to 512.",
-        "For the decoupled queries and key, we set the per-head dimension dRh to 64.",
-    ]
-    stated = {h.name: h.value for h in digest(paper).hyperparameters}
-    assert (stated.get("d_c"), stated.get("d_rope")) == (512, 64)
-
-
-def test_encrypted_pdf_is_refused(tmp_path: Path) -> None:
-    writer = PdfWriter(clone_from=make_pdf(tmp_path / "plain.pdf", PDF_PAGES))
-    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
-    writer.write(tmp_path / "locked.pdf")
-    message = error_for(str(tmp_path / "locked.pdf"))
-    assert message == f"cannot read {str(tmp_path / 'locked.pdf')!r}: the PDF is encrypted"
-
-
-def test_pdf_with_empty_user_password_opens(tmp_path: Path) -> None:
-    writer = PdfWriter(clone_from=make_pdf(tmp_path / "plain.pdf", PDF_PAGES))
-    writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")
-    writer.write(tmp_path / "no-print.pdf")
-    assert "compresses the KV cache" in load_paper(str(tmp_path / "no-print.pdf")).pages[1]
-
-
-def test_truncated_pdf_is_damaged(tmp_path: Path) -> None:
-    data = make_pdf(tmp_path / "full.pdf", PDF_PAGES).read_bytes()
-    (tmp_path / "half.pdf").write_bytes(data[: len(data) // 2])
-    assert "the PDF is damaged or truncated" in error_for(str(tmp_path / "half.pdf"))
-
-
-def test_image_only_pdf_has_no_text_layer(tmp_path: Path) -> None:
-    path = make_image_pdf(tmp_path / "scan.pdf")
-    assert "the PDF has no text layer (scanned?)" in error_for(str(path))
-
-
-@pytest.mark.parametrize(
-    ("name", "data", "reason"),
-    [
-        ("empty.md", b"", "is empty"),
-        ("blank.txt", b" \n\t\n", "is empty"),
-        ("paper.pdf.gz", gzip.compress(b"%PDF-1.7"), "the PDF is damaged or truncated"),
-        ("nested.gz", gzip.compress(gzip.compress(b"x")), "an archive inside an archive"),
-        ("blob.bin", b"\xff\xfe\x00garbage\x81", "not text, PDF or HTML"),
-        ("fig.pdf", b"\x89PNG\r\n\x1a\n" + bytes(32), "is an image, not a paper"),
-    ],
-)
-def test_unusable_files_are_refused(tmp_path: Path, name: str, data: bytes, reason: str) -> None:
-    (tmp_path / name).write_bytes(data)
-    assert reason in error_for(str(tmp_path / name))
-
-
-def test_zip_is_refused_with_what_to_give_instead(tmp_path: Path) -> None:
-    with zipfile.ZipFile(tmp_path / "src.zip", "w") as zf:
-        zf.writestr("main.tex", r"\documentclass{article}")
-    message = error_for(str(tmp_path / "src.zip"))
-    assert "it is a zip archive (give the PDF, the main .tex or a .tar.gz" in message
-
-
-def test_missing_path_and_directory_are_refused(tmp_path: Path) -> None:
-    assert error_for(str(tmp_path / "nope.pdf")).endswith(": no such file or directory")
-    assert error_for(str(tmp_path)).endswith(": is a directory")
-    assert error_for((tmp_path / "gone.md").as_uri()).endswith(": no such file or directory")
-
-
 # --------------------------------------------------------------------------- more sources
 
 
@@ -636,303 +393,3 @@ def test_text_file_has_sections_from_numbered_headings(tmp_path: Path) -> None:
         (2, "References"),
     ]
     assert paper.references == ["[1] X."]
-
-
-# --------------------------------------------------------------------------- LaTeX archives
-
-
-def _write(tmp_path: Path, name: str, data: bytes) -> str:
-    (tmp_path / name).write_bytes(data)
-    return str(tmp_path / name)
-
-
-def test_local_tarball_and_a_gzipped_single_tex(tmp_path: Path) -> None:
-    paper = load_paper(_write(tmp_path, "src.tar.gz", SOURCE_TARBALL))
-    assert [s.heading for s in paper.sections][2:] == ["1 Introduction", "2 Hyperparameters"]
-    single = load_paper(
-        _write(
-            tmp_path,
-            "main.tex.gz",
-            gzip.compress(INTRO_TEX.replace(b"\\section", b"\\documentclass{article}\\section", 1)),
-        )
-    )
-    assert (single.kind, [s.heading for s in single.sections]) == ("tex", ["1 Introduction"])
-
-
-@pytest.mark.parametrize(
-    ("members", "links", "reason"),
-    [
-        ({"../evil.tex": b"x", "main.tex": MAIN_TEX}, {}, "member '../evil.tex' points outside"),
-        ({"a/../../evil.tex": b"x"}, {}, "points outside the archive"),
-        ({"/etc/evil.tex": b"x"}, {}, "member '/etc/evil.tex' has an absolute path"),
-        ({"main.tex": MAIN_TEX}, {"sections/intro.tex": "../../etc/passwd"}, "points outside"),
-        ({"main.tex": MAIN_TEX}, {"abs.tex": "/etc/passwd"}, "has an absolute path"),
-        ({"notes.txt": b"no tex here"}, {}, "no main LaTeX file (none has \\documentclass)"),
-    ],
-)
-def test_unsafe_or_useless_tarballs_are_refused(
-    tmp_path: Path, members: dict[str, bytes], links: dict[str, str], reason: str
-) -> None:
-    path = _write(tmp_path, "src.tar.gz", tarball(members, links=links))
-    assert reason in error_for(path)
-    assert list(tmp_path.iterdir()) == [tmp_path / "src.tar.gz"]  # nothing unpacked to disk
-    assert not (tmp_path.parent / "evil.tex").exists()
-
-
-def test_a_decompression_bomb_stops_at_the_cap(tmp_path: Path) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:  # 64 MB of zeros: ~64 KB packed
-        info = tarfile.TarInfo("zeros.bin")
-        info.size = 64 * 1024 * 1024
-        tar.addfile(info, io.BytesIO(bytes(info.size)))
-    path = _write(tmp_path, "bomb.tar.gz", buf.getvalue())
-    assert len(buf.getvalue()) < 1024 * 1024
-    limits = ArchiveLimits(max_unpacked_bytes=8 * 1024 * 1024)
-    message = error_for(path, limits=limits)
-    assert "it unpacks to more than 8 MB (a decompression bomb?)" in message
-    single = _write(tmp_path, "bomb.gz", gzip.compress(bytes(16 * 1024 * 1024)))
-    assert "unpacks to more than 8 MB" in error_for(single, limits=limits)
-
-
-def test_too_many_members_is_refused(tmp_path: Path) -> None:
-    path = _write(tmp_path, "many.tar.gz", tarball({f"f{i}.txt": b"" for i in range(50)}))
-    message = error_for(path, limits=ArchiveLimits(max_members=20))
-    assert "the archive has more than 20 members" in message
-
-
-def test_truncated_tarball_is_damaged(tmp_path: Path) -> None:
-    path = _write(tmp_path, "cut.tar.gz", SOURCE_TARBALL[: len(SOURCE_TARBALL) // 2])
-    assert "the archive is damaged or truncated" in error_for(path)
-
-
-# --------------------------------------------------------------------------- two columns
-
-S = "\u00ad"  # soft hyphen: where column() breaks a word, as TeX would
-TWO_COLUMN_PAGES = [
-    ColumnPage(  # page 1
-        top=[
-            "# DeepSeek-V2-Mini: An Economical Mixture-of-Experts Model",
-            "Ada Lovelace, Alan Turing and Grace Hopper",
-            "",
-            "## Abstract",
-            "We present DeepSeek-V2-Mini, a Mixture-of-Experts (MoE) language model that adopts "
-            "Multi-head",
-            "Latent Attention (MLA) and DeepSeekMoE. Compared with its dense predecessor, it "
-            "reduces the KV",
-            "cache by 93.3% and boosts the maximum generation throughput to 5.76 times.",
-        ],
-        left=column(
-            "## 1 Introduction",
-            "Serving a large language model is bounded by the key-value cache, which grows with "
-            "every "
-            "token of context. We adopt Multi-head Latent Attention to shrink that cache, and the "
-            "DeepSeekMoE architecture to train strong models at economical costs.",
-            "Training DeepSeek-V2-Mini saves 42.5% of training costs compared with a dense model "
-            "of "
-            "the same quality, and the rest of this report explains where the",
-        ),
-        right=column(
-            "savings come from. Section 2 describes the architecture, Section 3 the pre-training "
-            "setup and its hyperparameters, and Section 4 the alignment stage.",
-        ),
-    ),
-    ColumnPage(  # page 2
-        left=column(
-            "## 2 Architecture",
-            "## 2.1 Multi-Head Latent Attention:",
-            "## Boosting Inference Efficiency",
-            "Standard multi-head attention caches the keys and values of every head. The core of "
-            "MLA "
-            f"is simply the low-rank key-value joint compres{S}sion of keys and values into one "
-            f"latent "
-            "vector, so that only this latent vector is cached during inference.",
-            "Because RoPE is incompatible with low-rank compression, MLA uses a decoupled RoPE "
-            "strategy with additional multi-head queries and a shared key.",
-        ),
-        right=column(
-            "MLA requires only a small amount of KV cache, equal to GQA with only 2.25 groups, but "
-            "achieves stronger performance than MHA.",
-            "## 2.2 DeepSeekMoE: Training Strong",
-            "## Models at Economical Costs",
-            "DeepSeekMoE has two key ideas: the fine-grained expert segmentation for higher expert "
-            "specialization, and shared experts isolation to mitigate knowledge redundancy among "
-            "routed experts.",
-        ),
-    ),
-    ColumnPage(  # page 3
-        left=column(
-            "## 3 Pre-Training",
-            "## 3.1 Hyperparameters",
-            "We set the number of Transformer layers to 60 and the hidden dimension to 5120. In "
-            "MLA, "
-            "we set the number of attention heads 𝑛ℎ to 128 and the per-head dimension 𝑑ℎ to 128. "
-            "The KV compression dimension 𝑑𝑐 is",
-        ),
-        right=column(
-            "set to 512, and the query compression dimension 𝑑′𝑐 is set to 1536. Each MoE layer "
-            "has "
-            "2 shared experts and 160 routed experts, of which 6 are activated for each token. For "
-            "the decoupled queries and key, we set the per-head",
-        ),
-    ),
-    ColumnPage(  # page 4
-        left=column(
-            "dimension 𝑑𝑅 ℎ to 64. All learnable parameters are randomly initialized with a "
-            "standard deviation of 0.006.",
-            "## 4 Alignment",
-            "## 4.1 Reinforcement Learning",
-            "To save the training costs of reinforcement learning, we adopt Group Relative Policy "
-            "Optimization (GRPO), which foregoes the critic model and estimates the baseline from "
-            "group scores instead.",
-            "Compared with PPO, GRPO reduces the memory of the RL stage by 38.5%.",
-        ),
-        right=column("Table 1: KV cache per token, per layer."),
-    ),
-    ColumnPage(  # page 5
-        left=column(
-            "## 5 Related Work",
-            "Multi-token prediction (Gloeckle et al., 2024) improves sample efficiency by 12%. FP8 "
-            "training with fine-grained quantization reduces memory by 30% (Peng et al., 2023).",
-            "## 6 Conclusion",
-            "DeepSeek-V2-Mini is 3.1 times cheaper to serve than its dense predecessor.",
-        ),
-        right=column(
-            "## References",
-            "[1] F. Gloeckle et al. Better & faster large language models via multi-token "
-            "prediction. 2024.",
-            "[2] DeepSeek-AI. DeepSeekMoE: Towards ultimate expert specialization in "
-            "mixture-of-experts language models. 2024.",
-            "[3] Z. Shao et al. DeepSeekMath: Group Relative Policy Optimization improves "
-            "mathematical reasoning by 50%. 2024.",
-        ),
-    ),
-    ColumnPage(  # page 6: an appendix after the references still counts
-        left=column(
-            "## A DeepSeek-V2-Mini-Lite",
-            "The lite model reduces the KV cache by 90% as well, with 15.7B total parameters.",
-        ),
-    ),
-]
-TABLE_ROWS = {
-    3: [
-        (0.86, ["Attention", "Cache", "Quality"]),
-        (0.845, ["MHA", "32768", "Strong"]),
-        (0.83, ["MLA", "576", "Stronger"]),
-    ]
-}
-
-
-MLA_STATED = {
-    "n_heads": (128, 3),
-    "d_head": (128, 3),
-    "d_c": (512, 3),  # the sentence crosses the gutter
-    "d_rope": (64, 3),  # ... and this one the page break: its page is where it starts
-    "n_layers": (60, 3),
-    "d_model": (5120, 3),
-}
-MOE_STATED = {"n_shared": (2, 3), "n_routed": (160, 3), "n_activated": (6, 3)}
-
-
-@pytest.fixture(scope="module")
-def two_column(tmp_path_factory: pytest.TempPathFactory) -> Paper:
-    path = tmp_path_factory.mktemp("two") / "mini.pdf"
-    head = "DeepSeek-V2-Mini technical report"
-    make_two_column_pdf(path, TWO_COLUMN_PAGES, running_head=head, tables=TABLE_ROWS)
-    return load_paper(str(path))
-
-
-def test_two_columns_read_column_by_column(two_column: Paper) -> None:
-    page1 = two_column.pages[0].splitlines()
-    # Left column, then the right one: the sentence across the gutter stays in order.
-    assert page1.index("explains where the") + 1 == page1.index(
-        "savings come from. Section 2 describes the"
-    )
-    assert "1 Introduction" in page1  # a heading alone, not spliced with the right column
-    assert two_column.pages[1].count("compres-\nsion of keys") == 1
-    assert not any("technical report" in p or p.rstrip().endswith("\n2") for p in two_column.pages)
-    assert two_column.pages[3].startswith("dimension dR h to 64.")  # running head, number: gone
-
-
-def test_two_column_structure(two_column: Paper) -> None:
-    p = two_column
-    assert p.title == "DeepSeek-V2-Mini: An Economical Mixture-of-Experts Model"
-    assert p.authors == ["Ada Lovelace", "Alan Turing", "Grace Hopper"]
-    assert p.abstract.startswith("We present DeepSeek-V2-Mini, a Mixture-of-Experts (MoE)")
-    assert p.abstract.endswith("to 5.76 times.")
-    assert [(s.page, s.level, s.heading) for s in p.sections] == [
-        (1, 1, ""),
-        (1, 1, "Abstract"),
-        (1, 1, "1 Introduction"),
-        (2, 1, "2 Architecture"),
-        (2, 2, "2.1 Multi-Head Latent Attention: Boosting Inference Efficiency"),
-        (2, 2, "2.2 DeepSeekMoE: Training Strong Models at Economical Costs"),
-        (3, 1, "3 Pre-Training"),
-        (3, 2, "3.1 Hyperparameters"),
-        (4, 1, "4 Alignment"),
-        (4, 2, "4.1 Reinforcement Learning"),
-        (5, 1, "5 Related Work"),
-        (5, 1, "6 Conclusion"),
-        (5, 1, "References"),
-        (6, 1, "A DeepSeek-V2-Mini-Lite"),
-    ]
-    hyper = next(s for s in p.sections if s.heading == "3.1 Hyperparameters")
-    assert hyper.text.count("\f") == 1  # it runs on to page 4
-    assert [r[:22] for r in p.references] == [
-        "[1] F. Gloeckle et al.",
-        "[2] DeepSeek-AI. DeepS",
-        "[3] Z. Shao et al. Dee",
-    ]
-    (table,) = p.tables
-    assert (table.heading, table.page) == ("Table 1: KV cache per token, per layer.", 4)
-    assert table.text == "Attention | Cache | Quality\nMHA | 32768 | Strong\nMLA | 576 | Stronger"
-
-
-def test_digest_of_a_two_column_paper(two_column: Paper) -> None:
-    found = digest(two_column)
-    # MTP and FP8 appear only in related work and references: not this paper's mechanisms.
-    assert {m.name for m in found.mechanisms} == {"mla", "deepseek_moe", "grpo"}
-    assert [m.score for m in found.mechanisms] == sorted(
-        (m.score for m in found.mechanisms), reverse=True
-    )
-    grpo = next(m for m in found.mechanisms if m.name == "grpo")
-    assert grpo.quotes[0].page == 4
-    stated = {h.name: (h.value, h.quote.page) for h in found.hyperparameters}
-    assert {k: stated.get(k) for k in MLA_STATED} == MLA_STATED
-    moe_specs = {spec.name for spec in CATALOG["deepseek_moe"].hyperparameters}
-    assert {k: stated.get(k) for k in moe_specs & MOE_STATED.keys()} == {
-        k: MOE_STATED[k] for k in moe_specs & MOE_STATED.keys()
-    }
-    assert len({h.name for h in found.hyperparameters}) == len(found.hyperparameters)
-    rope = next(h for h in found.hyperparameters if h.name == "d_rope").quote.text
-    assert rope == "For the decoupled queries and key, we set the per-head dimension d_h^R to 64."
-    assert [(c.page, c.numbers) for c in found.claims] == [
-        (1, ["93.3%", "5.76"]),
-        (1, ["42.5%"]),
-        (2, ["2.25"]),
-        (4, ["38.5%"]),
-        (5, ["3.1"]),
-        (6, ["90%", "15.7"]),  # an appendix after the references is the paper again
-    ]
-    assert found.claims[1].text.endswith("explains where the savings come from.")
-    assert not any("Boosting" in c.text for c in found.claims)  # a heading is no claim
-
-
-def test_cli_read_prints_tables_with_pages_and_json(
-    two_column: Paper, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from reprodesk.cli import main
-
-    path = tmp_path / "mini.pdf"
-    make_two_column_pdf(path, TWO_COLUMN_PAGES, running_head="x", tables=TABLE_ROWS)
-    with pytest.raises(SystemExit) as done:
-        main(["read", str(path), "--json"])
-    assert done.value.code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert {m["name"] for m in result["mechanisms"]} == {"mla", "deepseek_moe", "grpo"}
-    assert result["paper"]["page_unit"] == "page"
-    assert result["paper"]["sections"][2] == {"heading": "1 Introduction", "page": 1}
-    with pytest.raises(SystemExit):
-        main(["read", str(path)])
-    shown = capsys.readouterr().out
-    assert "Ada Lovelace, Alan Turing, Grace Hopper · pdf, 6 pages" in shown
-    assert "p.4: To save the training costs" in shown
