@@ -23,23 +23,25 @@ precision the paper also discusses, is not emulated.
     python recipes/fp8_blockwise.py                  # about a second of compute on a CPU
     python recipes/fp8_blockwise.py --preset 4070    # a 12 GB GPU: DeepSeek-V3-sized K
 
-Imports only torch and the standard library: it runs in a sandbox without the project.
-The last stdout line is one JSON object with every metric.
+Imports only torch, the standard library and harness.py, which ships beside it: it runs
+in a sandbox without the project. The last stdout line is one JSON object with every metric.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import Tensor
+
+if __package__:  # imported from the project, as recipes.fp8_blockwise
+    from . import harness
+else:  # run as a script: harness.py lies beside it (in the job dir, or in recipes/)
+    import harness  # type: ignore[no-redef]
 
 FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 SWEEP = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)  # outlier scales for the grid
@@ -221,17 +223,7 @@ def scheme(fine_grained: bool) -> str:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    err = config_error(cfg)
-    if err:
-        raise ValueError(err)
-    t_start = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return measure(cfg, t_start)
-    finally:
-        torch.set_num_threads(threads_before)  # run() is also called in-process by tests
+    return harness.run(cfg, config_error(cfg), measure)
 
 
 def measure(cfg: Config, t_start: float) -> dict[str, Any]:
@@ -272,8 +264,8 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
                   fine["x_bulk_rel_err"] / tensor["x_bulk_rel_err"]),
         direction("fp8_fine_grained_lower_gemm_error", fine["y_rel_err"] / tensor["y_rel_err"]),
         direction("fp8_e4m3_beats_e5m2_fine_grained", e4_vs_e5),
-        claim("fp8_tile_scale_overhead", 4 / cfg.tile, overhead, 0.0,
-              "reproduced" if overhead == 4 / cfg.tile else "not reproduced"),
+        harness.claim(CLAIMS, "fp8_tile_scale_overhead", 4 / cfg.tile, overhead, tol=0.0,
+                      verdict=harness.verdict(overhead == 4 / cfg.tile)),
     ]  # fmt: skip
     curves = {}
     for metric, title in (
@@ -289,17 +281,12 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
             "ylabel": "relative error",
             "series": series,
         }
-    dev = torch.device(cfg.device)
     return {
-        "recipe": "fp8_blockwise",
-        "config": asdict(cfg),
-        "env": {
-            "torch": torch.__version__,
-            "device": str(dev),
-            "gpu_name": torch.cuda.get_device_name(dev) if cuda else None,
-            "threads": torch.get_num_threads(),
-            "fp8_gemm": "emulated: FP8 values cast to float32, float32 accumulation",
-        },
+        **harness.header(
+            "fp8_blockwise",
+            cfg,
+            fp8_gemm="emulated: FP8 values cast to float32, float32 accumulation",
+        ),
         "claims": claims,
         "variants": variants,
         "e4m3_vs_e5m2_fine_grained_ratio": e4_vs_e5,
@@ -313,24 +300,8 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
 
 def direction(id_: str, ratio: float) -> dict[str, Any]:
     """A claim that one error is below another: the ratio against 1, with a +-BAND dead zone."""
-    verdict = (
-        "reproduced" if ratio < 1 - BAND else "partial" if ratio <= 1 + BAND else "not reproduced"
-    )
-    return claim(id_, 1.0, ratio, BAND, verdict)
-
-
-def claim(id_: str, paper: float, measured: float, tol: float, verdict: str) -> dict[str, Any]:
-    text, metric, unit = CLAIMS[id_]
-    return {
-        "id": id_,
-        "claim": text,
-        "metric": metric,
-        "paper_value": paper,
-        "measured_value": measured,
-        "unit": unit,
-        "tolerance": tol,
-        "verdict": verdict,
-    }
+    verdict = harness.verdict(ratio < 1 - BAND, partial=ratio <= 1 + BAND)
+    return harness.claim(CLAIMS, id_, 1.0, ratio, tol=BAND, verdict=verdict)
 
 
 # ---------------------------------------------------------------- CLI
@@ -365,18 +336,8 @@ def config_error(cfg: Config) -> str | None:
     return None
 
 
-def fail(message: str) -> NoReturn:
-    print(f"fp8_blockwise.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        fail(message)
-
-
 def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.Parser(__file__, __doc__)
     add = p.add_argument
     add("--tokens", type=int, help="M, rows (tokens) of the activations X (default 256)")
     add(
@@ -410,33 +371,19 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
     add(
         "--outlier-tokens", type=int, help="tokens of X multiplied by the outlier scale (default 2)"
     )
-    add("--device", choices=["cpu", "cuda", "auto"], help="auto = cuda if available (default cpu)")
-    add(
-        "--preset",
-        choices=list(PRESETS),
-        help="none; 4070 = 12 GB GPU: 4096 tokens, K 7168 (DeepSeek-V3's hidden size), N 2048, "
+    p.add_common(
+        PRESETS,
+        preset="none; 4070 = 12 GB GPU: 4096 tokens, K 7168 (DeepSeek-V3's hidden size), N 2048, "
         "16 outlier channels, 8 outlier tokens, cuda. Explicit flags override a preset",
+        seed="the data",
     )
-    add("--threads", type=int, help="CPU intra-op threads, 0 = torch's default (default 1)")
-    add("--seed", type=int, help="seed for the data (default 0)")
-    add("--out", type=Path, help="also write metrics.json into this directory")
-    args = vars(p.parse_args(argv))
-    out = args.pop("out")
-    values: dict[str, Any] = dict(PRESETS[args["preset"] or "none"])
-    values.update({k: v for k, v in args.items() if v is not None})
-    if values.get("device") == "auto":
-        values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = Config(**{f.name: values.get(f.name, getattr(Config, f.name)) for f in fields(Config)})
-    return cfg, out
+    values, out = p.values(argv)
+    return harness.make_config(Config, values), out
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
-    err = config_error(cfg)
-    if out is not None and out.exists() and not out.is_dir():
-        err = err or f"--out: {out} exists and is not a directory"
-    if err:
-        fail(err)
+    harness.preflight(__file__, config_error(cfg), out)
     metrics = run(cfg)
     head = ("variant", "x rel err", "bulk err", "SNR dB", "y rel err", "scale B/el")
     print(f"{head[0]:18} " + " ".join(f"{h:>10}" for h in head[1:]))
@@ -450,15 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             f"sweep {g['variant']:18} outliers x{g['outlier_scale']:<8g} bulk err "
             f"{g['x_bulk_rel_err']:.3e}  gemm err {g['y_rel_err']:.3e}"
         )
-    for c in metrics["claims"]:
-        print(
-            f"{c['id']}: paper {c['paper_value']:.6g} measured {c['measured_value']:.6g} "
-            f"-> {c['verdict']}"
-        )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics))
+    harness.report(metrics, out)
 
 
 if __name__ == "__main__":
