@@ -32,6 +32,7 @@ from reprodesk.state import JobRecord, RunState
 from sandbox.artifacts import copy_artifacts
 from tools.figures import render
 from tools.run_code import code_hash, run_job
+from tools.verify import verify_markdown
 
 GateNode = Callable[[RunState, Runtime[Context]], dict[str, Any]]
 
@@ -136,7 +137,23 @@ def make_publish(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
                     _write_record(record, staging / "results")
             for figure in draft.figures:
                 render(figure, staging / "figures" / figure.name)
-            (staging / "writeup.md").write_text(draft.markdown, encoding="utf-8")
+            # What the human approved: the draft, or the review copy they edited at the gate.
+            edited = deps.home / "review" / state.run_id / "publish" / "writeup.md"
+            markdown = edited.read_text(encoding="utf-8") if edited.is_file() else draft.markdown
+            report = verify_markdown(markdown, draft.evidence, staging)
+            if not report.ok:
+                shutil.rmtree(staging, ignore_errors=True)
+                problems = "; ".join(str(p) for p in report.problems[:5])
+                log.warning("publish.refused", problems=len(report.problems))
+                return {
+                    "outcome": Outcome(
+                        status="rejected",
+                        message=f"publish refused: the write-up does not verify: {problems}",
+                    )
+                }
+            (staging / "writeup.md").write_text(markdown, encoding="utf-8")
+            if state.critique is not None:
+                _write_json(staging / "critique.json", state.critique.model_dump(mode="json"))
             _write_json(
                 staging / "evidence.json",
                 {

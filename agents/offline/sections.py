@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.offline.analysis import Findings, analyse
 from reprodesk.plan import MechanismPlan, PlanClaim
 from reprodesk.results import ClaimResult, RecipeResult
 from reprodesk.schemas import Figure, Finding, Quote
@@ -33,6 +34,19 @@ def is_number(value: Any) -> bool:
 def cell(text: str) -> str:
     """Text made safe for a Markdown table cell: a '|' would end the cell."""
     return " ".join(text.replace("|", "\\|").split())
+
+
+def _excerpt(text: str, number: str, width: int = 90) -> str:
+    """The part of a quote around the number it states."""
+    at = text.find(number)
+    if len(text) <= width or at < 0:
+        return text
+    start = max(0, at - width // 2)
+    end = min(len(text), start + width)
+    # Cut at spaces, never inside a word or a number.
+    start = text.rfind(" ", 0, start + 1) + 1 if start else 0
+    end = text.find(" ", end) if text.find(" ", end) != -1 else len(text)
+    return ("…" if start else "") + text[start:end].strip() + ("…" if end < len(text) else "")
 
 
 def stated_in(quote: Quote, value: float) -> tuple[str, float] | None:
@@ -87,6 +101,7 @@ class MechanismSection:
         self.metrics: dict[str, Any] = work.main.result.metrics or {}
         self.claims_by_id: dict[str, PlanClaim] = {c.id: c for c in mech.claims}
         self.rows = Rows()
+        self.analysis = Findings()
 
     # ------------------------------------------------------------------ helpers
 
@@ -111,24 +126,31 @@ class MechanismSection:
     # ------------------------------------------------------------------ claims
 
     def build_rows(self) -> Rows:
+        self.analysis = analyse(self)
         spread_runs = [self.main, *[p for p in self.work.profile if p.parsed is not None]]
         for i, claim in enumerate(self.result.claims):
             plan_claim = self.claims_by_id.get(claim.id)
             kind = plan_claim.kind if plan_claim else "paper"
             path = f"claims.{i}.measured_value"
             measured = self.measured(f"{claim.id}.measured", path, claim.unit)
+            verdict = f"**{claim.verdict}**"
             if claim.reference == "baseline":  # a value this run measured, not cited
                 base = self.measured(f"{claim.id}.baseline", f"claims.{i}.paper_value", claim.unit)
-                reference = f"{base} (measured baseline)"
+                reference = (
+                    f"{base} | measured baseline: job `{self.main.key}`, `claims.{i}.paper_value`"
+                )
+                if kind != "implementation":
+                    verdict += " (against the run's own baseline; the paper states no value)"
             elif kind == "implementation":
-                reference = self._expected(claim, "by construction")
+                reference = f"{self._expected(claim, 'by construction')} | expected by construction"
             else:
-                reference = self._paper_cell(claim, plan_claim)
+                reference, compared = self._paper_cell(claim, plan_claim)
+                verdict += compared
             spread = self._spread(claim.id, claim.unit, spread_runs)
             text = cell(
                 self.ctx.book.text_numbers(f"{claim.id}.text", claim.claim, job=self.main.key)
             )
-            row = f"| {text} | {reference} | {measured} | {spread} | **{claim.verdict}** |"
+            row = f"| {text} | {reference} | {measured} | {spread} | {verdict} |"
             if kind == "implementation":
                 self.rows.implementation.append(row)
                 self.rows.checks.append(claim)
@@ -157,23 +179,40 @@ class MechanismSection:
         return self.rows
 
     def _expected(self, claim: ClaimResult, why: str) -> str:
-        value = self.ctx.book.derived(
+        return self.ctx.book.derived(
             f"{claim.id}.expected",
             claim.paper_value,
             claim.unit,
             formula=f"claim {claim.id} at the run's configuration ({why})",
             percent=claim.unit == "ratio",
         )
-        return f"{value} (expected {why})"
 
-    def _paper_cell(self, claim: ClaimResult, plan_claim: PlanClaim | None) -> str:
+    def _paper_cell(self, claim: ClaimResult, plan_claim: PlanClaim | None) -> tuple[str, str]:
+        """(value | kind cells, what the verdict was compared against when not the paper's).
+
+        A paper value is cited only from the sentence the Plan says states this claim, and
+        only when that sentence prints the value; otherwise "not stated".
+        """
         quote = plan_claim.quote if plan_claim else None
         match = stated_in(quote, claim.paper_value) if quote else None
         if quote is not None and match is not None:
             as_written, value = match
             shown = self.ctx.book.paper(f"{claim.id}.paper", value, claim.unit, quote, as_written)
-            return f"{shown} (stated, {self.ctx.at}{quote.page})"
-        return "not stated; " + self._expected(claim, "at our scale")
+            excerpt = cell(_excerpt(quote.text, as_written))
+            self.ctx.book.paper_quote(
+                f"{claim.id}.paper.excerpt", Quote(text=excerpt, page=quote.page)
+            )
+            return f"{shown} | paper, {self.ctx.at}{quote.page}: “{excerpt}”", ""
+        expected = self._expected(claim, "at our scale")
+        why = (
+            "the sentence that states it prints no value for it"
+            if quote is not None
+            else "the paper states no value for it"
+        )
+        return (
+            "not stated | —",
+            f" (against {expected}, the recipe's expectation at our scale; {why})",
+        )
 
     def _spread(self, cid: str, unit: str, runs: list[JobRecord]) -> str:
         """Min–max of a claim's measured value over the main and profiler runs."""
@@ -199,8 +238,8 @@ class MechanismSection:
             text = cell(self.ctx.book.paper_quote(key, quote))
             why = cell(self.planned(f"not_checkable.{j}.why", item.why))
             rows.append(
-                f"| {text} ({self.ctx.at}{quote.page}) | as stated | — | — | **not checkable**: "
-                f"{why} |"
+                f"| {text} ({self.ctx.at}{quote.page}) | as stated | paper, "
+                f"{self.ctx.at}{quote.page} | — | — | **not checkable**: {why} |"
             )
             self.ctx.findings.append(
                 Finding(
@@ -249,9 +288,9 @@ class MechanismSection:
         lines += [
             "### Claims: paper vs measured",
             "",
-            "| Claim | Paper | Measured (ours) | Across runs | Verdict |",
-            "|---|---|---|---|---|",
-            *(self.rows.paper or ["| (no claim of the paper checked) | — | — | — | — |"]),
+            "| Claim | Paper | Reference kind | Measured (ours) | Across runs | Verdict |",
+            "|---|---|---|---|---|---|",
+            *(self.rows.paper or ["| (no claim of the paper checked) | — | — | — | — | — |"]),
             "",
         ]
         if self.rows.implementation:
@@ -261,15 +300,20 @@ class MechanismSection:
                 "These hold by construction when the code is right: they validate the code, "
                 "they are not reproduced claims of the paper.",
                 "",
-                "| Check | Expected | Measured (ours) | Across runs | Verdict |",
-                "|---|---|---|---|---|",
+                "| Check | Expected | Reference kind | Measured (ours) | Across runs | Verdict |",
+                "|---|---|---|---|---|---|",
                 *self.rows.implementation,
                 "",
             ]
         lines += self._measurements()
+        if self.analysis.shows:
+            lines += ["### What the measurements show", ""]
+            lines += [f"- {text}" for text in self.analysis.shows]
+            lines.append("")
         lines += self._figures()
-        if m.gotchas:
+        if m.gotchas or self.analysis.gotchas:
             lines += ["### Gotchas", ""]
+            lines += [f"- {g}" for g in self.analysis.gotchas]
             lines += [f"- {self.planned('gotcha', g)}" for g in m.gotchas]
             lines.append("")
         return lines
@@ -278,7 +322,9 @@ class MechanismSection:
         repro = self.work.reproduction
         assert repro is not None
         env = self.result.env
-        note = repro.note[:1].upper() + repro.note[1:]
+        note = self.ctx.book.text_numbers(
+            f"{self.mech.key}.note", repro.note[:1].upper() + repro.note[1:], job=self.main.key
+        )
         attempts = self.ctx.book.derived(
             f"{self.mech.key}.attempts", self.work.attempts, "", formula="main-job launches"
         )
@@ -288,6 +334,16 @@ class MechanismSection:
             f"Ran in the `{self.main.result.backend}` sandbox, torch `{env.torch}`, device "
             f"`{env.device}`, in {attempts} attempt(s). {note}.",
             "",
+        ]
+        for j, failed in enumerate(self.work.history, start=1):
+            why = cell(failed.result.message or failed.result.status)[:300]
+            why = self.ctx.book.text_numbers(f"{self.mech.key}.repair.{j}", why, job=failed.key)
+            lines.append(
+                f"- Repair needed: attempt `{failed.label}` ended {failed.result.status}: {why}"
+            )
+        if self.work.history:
+            lines.append("")
+        lines += [
             "| Hyperparameter | Paper | Ours | Source |",
             "|---|---|---|---|",
         ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
+from agents.offline.analysis import capacity
 from agents.offline.sections import Context, MechanismSection
 from reprodesk.plan import MechanismPlan
 from reprodesk.schemas import Draft, Quote
@@ -127,6 +128,14 @@ def write(state: RunState) -> Draft:
     for s in sections:
         if s.mech.finance_angle:
             lines += [f"**{s.mech.title}.** {s.planned('finance', s.mech.finance_angle)}", ""]
+        lines += [f"*From this run:* {text}" for text in capacity(s)]
+        if s.analysis.noisy:
+            lines.append(
+                f"*From this run:* the {s.mech.title} latencies are noise at this scale (see "
+                "What the measurements show): no latency or cost-per-query figure of this run "
+                "belongs in a business case."
+            )
+        lines.append("")
     if not any(s.mech.finance_angle for s in sections):
         lines += ["No finance angle was planned for these mechanisms.", ""]
     critique = state.critique

@@ -23,7 +23,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from reprodesk.cli import inspect
+from reprodesk.cli import inspect, writeup
 from reprodesk.cli.render import (
     ask_choice,
     ask_reason,
@@ -59,6 +59,9 @@ app.add_typer(inspect.findings_app, name="findings")
 app.add_typer(sandbox_app, name="sandbox")
 app.command()(inspect.read)
 app.command()(inspect.doctor)
+app.command()(writeup.verify)
+app.command()(writeup.export)
+app.command()(writeup.show)
 
 
 @dataclass
@@ -221,6 +224,7 @@ def run(
     gets one run and one write-up with a section per mechanism.
     """
     from tools.papers import load_paper
+    from tools.papers.fetch import Fetcher
 
     if llm is not None and llm not in ("offline", "auto", "openai"):
         raise UserError(f"--llm '{llm}': expected offline or auto")
@@ -232,7 +236,12 @@ def run(
         if name not in known:
             raise UserError(f"--mechanism {name}: unknown (known: {', '.join(known)})")
     # Load before anything is created: bad input leaves nothing behind in the home.
-    paper = load_paper(source, cache_dir=settings.home_dir / "cache", refresh=refresh)
+    paper = load_paper(
+        source,
+        cache_dir=settings.home_dir / "cache",
+        refresh=refresh,
+        fetcher=Fetcher(deadline_s=settings.fetch_deadline_s),
+    )
     app_ = build_app(settings)
     run_id = app_.runs.new_run_id(paper, run_id)
     _globals.run_id = run_id

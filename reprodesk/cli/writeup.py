@@ -1,0 +1,123 @@
+"""Commands on a published write-up: `verify`, `export --html`, `show`.
+
+They read the run folder (`$REPRODESK_HOME/runs/<run>/`) and nothing else: no graph,
+no sandbox, no model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markdown import Markdown
+from rich.table import Table
+from rich.text import Text
+
+from reprodesk.cli.render import err, out, say
+from reprodesk.schemas import UserError
+from reprodesk.settings import load_settings
+
+EXIT_DOES_NOT_VERIFY = 1
+
+
+def _folder(run_id: str) -> Path:
+    folder = load_settings().home_dir / "runs" / run_id
+    if not (folder / "writeup.md").is_file():
+        raise UserError(
+            f"run {run_id}: no published write-up under {folder} (see `reprodesk runs`)"
+        )
+    return folder
+
+
+def verify(
+    run_id: Annotated[str, typer.Argument(help="A published run (see `reprodesk runs`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Re-read a write-up: every number traced to evidence.json, every figure a valid PNG,
+    nothing that must not be shared. Exits 1, quoting each problem, when it does not verify.
+    """
+    from tools.verify import verify_run
+
+    report = verify_run(_folder(run_id))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "numbers": report.numbers,
+                    "figures": report.figures,
+                    "problems": [
+                        {"kind": p.kind, "message": p.message, "text": p.text}
+                        for p in report.problems
+                    ],
+                },
+                indent=2,
+            )
+        )
+    elif report.ok:
+        say(
+            f"{run_id}: verifies: {report.numbers} numbers traced to evidence, "
+            f"{report.figures} figures valid, nothing unshareable"
+        )
+    else:
+        for p in report.problems:
+            err.print(Text(str(p)))
+        err.print(Text(f"{run_id}: does not verify: {len(report.problems)} problem(s)"))
+    if not report.ok:
+        raise typer.Exit(EXIT_DOES_NOT_VERIFY)
+
+
+def export(
+    run_id: Annotated[str, typer.Argument(help="A published run (see `reprodesk runs`).")],
+    as_html: Annotated[
+        bool, typer.Option("--html", help="One self-contained HTML file (figures embedded).")
+    ] = False,
+    lang: Annotated[
+        str, typer.Option("--lang", help="en, or zh when writeup.zh.md exists.")
+    ] = "en",
+) -> None:
+    """Export a write-up to share: `--html` writes writeup.html into the run folder."""
+    if not as_html:
+        raise UserError("export: give a format, e.g. --html")
+    from tools.export import export_html
+
+    folder = _folder(run_id)
+    if lang != "en" and not (folder / f"writeup.{lang}.md").is_file():
+        raise UserError(
+            f"--lang {lang}: the run has no writeup.{lang}.md (run with --lang en,{lang})"
+        )
+    say(str(export_html(folder, lang)))
+
+
+def show(
+    run_id: Annotated[str, typer.Argument(help="A published run (see `reprodesk runs`).")],
+    lang: Annotated[
+        str, typer.Option("--lang", help="en, or zh when writeup.zh.md exists.")
+    ] = "en",
+) -> None:
+    """Render the write-up in the terminal and list its figures and artifacts."""
+    folder = _folder(run_id)
+    name = "writeup.md" if lang == "en" else f"writeup.{lang}.md"
+    if not (folder / name).is_file():
+        raise UserError(f"--lang {lang}: the run has no {name}")
+    # The write-up quotes the paper (untrusted text): Markdown, never rich markup.
+    out.print(Markdown((folder / name).read_text(encoding="utf-8")))
+    table = Table("file", "bytes", "what")
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(folder)
+        if rel.parts[0] == "figures":
+            what = "figure"
+        elif "artifacts" in rel.parts:
+            what = "artifact (written by the job)"
+        elif rel.parts[0] == "results":
+            what = "job result (host record)"
+        elif rel.parts[0] == "code":
+            what = "job code"
+        else:
+            what = "run record"
+        table.add_row(Text(str(rel)), str(path.stat().st_size), what)
+    out.print(table)
