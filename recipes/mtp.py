@@ -22,25 +22,27 @@ comparison at equal compute (the MTP run does more work per step).
     python recipes/mtp.py                  # a few seconds on 2 CPU cores
     python recipes/mtp.py --preset 4070    # a 12 GB GPU: d 512, 8 layers, 2000 steps
 
-Imports only torch and the standard library: it runs in a sandbox without the project.
-The last stdout line is one JSON object with every metric.
+Imports only torch, the standard library and harness.py, which ships beside it: it runs
+in a sandbox without the project. The last stdout line is one JSON object with every metric.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if __package__:  # imported from the project, as recipes.mtp
+    from . import harness
+else:  # run as a script: harness.py lies beside it (in the job dir, or in recipes/)
+    import harness  # type: ignore[no-redef]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ACCEPT_LOW, ACCEPT_WIDTH = 0.85, 0.05  # DeepSeek-V3 §5.4.3: second-token acceptance 85-90%
@@ -253,34 +255,13 @@ def objective(main: Tensor, extra: list[Tensor], lam: float) -> Tensor:
     return main + lam / len(extra) * torch.stack(extra).sum()
 
 
-class AdamW:
-    """Adam with decoupled weight decay, written out: constructing torch.optim.AdamW imports
-    torch._dynamo, which costs seconds of a run that trains for a few."""
+class AdamW(harness.Adam):
+    """The harness's Adam stepped at the schedule's rate, clearing the gradients after each
+    step. No weight decay: at zero, AdamW's update is Adam's."""
 
-    def __init__(self, params: list[Tensor], betas=(0.9, 0.999), eps=1e-8, wd=0.0):
-        self.params, self.betas, self.eps, self.wd, self.t = params, betas, eps, wd, 0
-        self.m = [torch.zeros_like(p) for p in params]  # first moments
-        self.v = [torch.zeros_like(p) for p in params]  # second moments
-
-    @torch.no_grad()
-    def step(self, lr: float) -> None:
-        b1, b2 = self.betas
-        self.t += 1
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
-        ps: list[Tensor] = [self.params[i] for i in live]
-        g: list[Tensor] = [p.grad for p in ps if p.grad is not None]  # all of ps
-        m, v = [self.m[i] for i in live], [self.v[i] for i in live]
-        torch._foreach_lerp_(m, g, 1 - b1)  # m = b1 m + (1 - b1) g
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, g, g, 1 - b2)  # v = b2 v + (1 - b2) g^2
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, math.sqrt(1 - b2**self.t))
-        torch._foreach_add_(denom, self.eps)
-        if self.wd:
-            torch._foreach_mul_(ps, 1 - lr * self.wd)
-        torch._foreach_addcdiv_(ps, m, denom, -lr / (1 - b1**self.t))
-        for p in self.params:
-            p.grad = None
+    def step(self, lr: float | None = None) -> None:
+        super().step(lr)
+        self.zero_grad()
 
 
 def count_params(module: nn.Module) -> int:
@@ -368,17 +349,7 @@ def lambda0_grad_diff(cfg: Config, vocab: int, tokens: Tensor) -> float:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    err = config_error(cfg)
-    if err:
-        raise ValueError(err)
-    t_start = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # tiny ops: extra threads only add sync and noise
-    try:
-        return measure(cfg, t_start)
-    finally:
-        torch.set_num_threads(threads_before)  # run() is also called in-process by tests
+    return harness.run(cfg, config_error(cfg), measure)
 
 
 def measure(cfg: Config, t_start: float) -> dict[str, Any]:
@@ -452,27 +423,20 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
     per_pos, added = mtp["targets_per_position"], mtp["params_added"]
     expected = D * module_params_formula(d)
     ratio, acc = mtp["val_loss_ratio_vs_next_token"], mtp["acceptance_rate"]
+    claim, ok = harness.claim, harness.verdict
     claims = [
-        claim("mtp_targets_per_position", D + 1, per_pos, tail,
-              ok(abs(per_pos - (D + 1)) <= tail + 1e-9)),
-        claim("mtp_module_params", expected, added, 0.0, ok(added == expected)),
+        claim(CLAIMS, "mtp_targets_per_position", D + 1, per_pos, tol=tail,
+              verdict=ok(abs(per_pos - (D + 1)) <= tail + 1e-9)),
+        claim(CLAIMS, "mtp_module_params", expected, added, tol=0.0, verdict=ok(added == expected)),
         # Direction: within +-LOSS_BAND the two runs are not told apart at this scale.
-        claim("mtp_main_loss_not_worse", 1.0, ratio, LOSS_BAND,
-              ok(ratio < 1 - LOSS_BAND, partial=ratio <= 1 + LOSS_BAND)),
+        claim(CLAIMS, "mtp_main_loss_not_worse", 1.0, ratio, tol=LOSS_BAND,
+              verdict=ok(ratio < 1 - LOSS_BAND, partial=ratio <= 1 + LOSS_BAND)),
         # The paper gives a range: reproduced inside it; the tolerance is its width above 85%.
-        claim("mtp_second_token_acceptance", ACCEPT_LOW, acc, ACCEPT_WIDTH,
-              ok(ACCEPT_LOW <= acc <= ACCEPT_LOW + ACCEPT_WIDTH)),
+        claim(CLAIMS, "mtp_second_token_acceptance", ACCEPT_LOW, acc, tol=ACCEPT_WIDTH,
+              verdict=ok(ACCEPT_LOW <= acc <= ACCEPT_LOW + ACCEPT_WIDTH)),
     ]  # fmt: skip
-    dev = torch.device(cfg.device)
     return {
-        "recipe": "mtp",
-        "config": asdict(cfg),
-        "env": {
-            "torch": torch.__version__,
-            "device": str(dev),
-            "gpu_name": torch.cuda.get_device_name(dev) if cuda else None,
-            "threads": torch.get_num_threads(),
-        },
+        **harness.header("mtp", cfg),
         "claims": claims,
         "variants": variants,
         "lambda0_main_grad_max_abs_diff": grad_diff,
@@ -490,24 +454,6 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
         },
         "mem": {"cuda_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None},
         "wall_s": time.perf_counter() - t_start,
-    }
-
-
-def ok(good: bool, partial: bool = False) -> str:
-    return "reproduced" if good else "partial" if partial else "not reproduced"
-
-
-def claim(id_: str, paper: float, measured: float, tol: float, verdict: str) -> dict[str, Any]:
-    text, metric, unit = CLAIMS[id_]
-    return {
-        "id": id_,
-        "claim": text,
-        "metric": metric,
-        "paper_value": paper,
-        "measured_value": measured,
-        "unit": unit,
-        "tolerance": tol,
-        "verdict": verdict,
     }
 
 
@@ -553,18 +499,8 @@ def config_error(cfg: Config) -> str | None:
     return None
 
 
-def fail(message: str) -> NoReturn:
-    print(f"mtp.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        fail(message)
-
-
 def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.Parser(__file__, __doc__)
     add = p.add_argument
     add("--mtp-depth", type=int, help="D, sequential MTP modules, >= 1 (default 1, DeepSeek-V3's)")
     add(
@@ -607,33 +543,19 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
         help="prompts for the speculative-acceptance check (default 32)",
     )
     add("--dtype", choices=list(DTYPES), help="float32, or bfloat16 autocast (default float32)")
-    add("--device", choices=["cpu", "cuda", "auto"], help="auto = cuda if available (default cpu)")
-    add(
-        "--preset",
-        choices=list(PRESETS),
-        help="none; 4070 = 12 GB GPU: d 512, 8 layers, 8 heads, T 256, batch 32, 2000 steps, "
+    p.add_common(
+        PRESETS,
+        preset="none; 4070 = 12 GB GPU: d 512, 8 layers, 8 heads, T 256, batch 32, 2000 steps, "
         "a 512-word lexicon, bfloat16, cuda. Explicit flags override a preset",
+        seed="data, weights and batches",
     )
-    add("--threads", type=int, help="CPU intra-op threads, 0 = torch's default (default 1)")
-    add("--seed", type=int, help="seed for data, weights and batches (default 0)")
-    add("--out", type=Path, help="also write metrics.json into this directory")
-    args = vars(p.parse_args(argv))
-    out = args.pop("out")
-    values: dict[str, Any] = dict(PRESETS[args["preset"] or "none"])
-    values.update({k: v for k, v in args.items() if v is not None})
-    if values.get("device") == "auto":
-        values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = Config(**{f.name: values.get(f.name, getattr(Config, f.name)) for f in fields(Config)})
-    return cfg, out
+    values, out = p.values(argv)
+    return harness.make_config(Config, values), out
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
-    err = config_error(cfg)
-    if out is not None and out.exists() and not out.is_dir():
-        err = err or f"--out: {out} exists and is not a directory"
-    if err:
-        fail(err)
+    harness.preflight(__file__, config_error(cfg), out)
     metrics = run(cfg)
     print(f"{'variant':12} {'params':>8} {'targets/pos':>12} {'val loss':>9} {'step ms':>8}")
     for v, m in metrics["variants"].items():
@@ -647,15 +569,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{m['val_loss_depth1']:.4f}, acceptance {m['acceptance_rate']:.3f} "
         f"over {m['acceptance_drafts']} drafts"
     )
-    for c in metrics["claims"]:
-        print(
-            f"{c['id']}: paper {c['paper_value']:.6g} measured {c['measured_value']:.6g} "
-            f"-> {c['verdict']}"
-        )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics))
+    harness.report(metrics, out)
 
 
 if __name__ == "__main__":
