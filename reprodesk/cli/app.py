@@ -343,7 +343,8 @@ def runs(
 def replay(
     run_id: Annotated[str, typer.Argument(help="The run to replay.")],
     step: Annotated[
-        int | None, typer.Option("--step", help="Print the full state at this step.")
+        int | None,
+        typer.Option("--step", help="What the run held after this step (all of it with --json)."),
     ] = None,
     fork: Annotated[
         int | None,
@@ -360,19 +361,33 @@ def replay(
         raise typer.Exit(_render(app_, app_.runs.resume(new_id)))
     if step is not None:
         values = app_.runs.state_at(run_id, step)
-        values.pop("paper", None)  # the paper's text is long and already on disk
-        out.print_json(json.dumps(values, default=lambda v: v.model_dump(mode="json")))
+        if as_json:
+            values.pop("paper", None)  # the paper's text is long and already on disk
+            out.print_json(json.dumps(values, default=lambda v: v.model_dump(mode="json")))
+            return
+        from graphs.replay import summary_at
+
+        table = Table("at step " + str(step), "", show_header=True)
+        for what, value in summary_at(values):
+            table.add_row(what, Text(value))
+        out.print(table)
+        say(f"everything at this step: reprodesk replay {run_id} --step {step} --json")
         return
     steps = app_.runs.timeline(run_id)
     if as_json:
         for s in steps:
             print(s.model_dump_json())
         return
-    table = Table("step", "ran", "result", "next")
+    table = Table("step", "ran", "s", "jobs", "result")
     for s in steps:
-        table.add_row(
-            str(s.step), ", ".join(s.ran) or "(input)", Text(s.summary), ", ".join(s.next)
+        ran = ", ".join(s.ran) or "(input)"
+        seconds = "" if s.seconds is None else f"{s.seconds:.1f}"
+        jobs = (
+            f"{s.jobs}" + (f" (+{s.reused} reused)" if s.reused else "")
+            if s.jobs or s.reused
+            else ""
         )
+        table.add_row(str(s.step), ran, seconds, jobs, Text(s.summary))
     out.print(table)
 
 
