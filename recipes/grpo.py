@@ -27,25 +27,31 @@ iterative GRPO (reference reset), any benchmark. Times are eager PyTorch on this
     python recipes/grpo.py                  # a few seconds on 2 CPU cores
     python recipes/grpo.py --preset 4070    # a 12 GB GPU: the paper's G = 64, batch 1024
 
-Imports only torch and the standard library: it runs in a sandbox without the project.
-The last stdout line is one JSON object with every metric.
+Imports only torch, the standard library and harness.py, which ships beside it: it runs
+in a sandbox without the project. The last stdout line is one JSON object with every metric.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
 import statistics
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+if __package__:  # imported from the project, as recipes.grpo
+    from . import harness
+else:  # run as a script: harness.py lies beside it (in the job dir, or in recipes/)
+    import harness  # type: ignore[no-redef]
+
+# torch.optim.Adam's update (its state tensors are what the memory claims read), written
+# out in the harness: building a torch.optim optimizer costs seconds of this run's budget.
+Adam = harness.Adam
 
 METHODS = ("grpo", "ppo")
 REWARDS = ("partial", "exact")
@@ -257,41 +263,6 @@ def clipped_objective(logp: Tensor, old_logp: Tensor, adv: Tensor, clip: float):
     return surr, ((ratio - 1).abs() > clip).float().mean()
 
 
-class Adam:
-    """torch.optim.Adam's update (no weight decay, no amsgrad), written out.
-
-    Building a torch.optim optimizer imports torch._dynamo, about 1.5 s of a run that must
-    take a few: this class does the same arithmetic (the tests check it against
-    torch.optim.Adam) and, like it, keeps exp_avg and exp_avg_sq per parameter in `state`.
-    The step count is one int here, where torch keeps a 4-byte tensor per parameter.
-    """
-
-    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params: list[Tensor] = list(params)
-        self.lr, self.betas, self.eps, self.t = lr, betas, eps, 0
-        self.state: dict[Tensor, dict[str, Tensor]] = {}  # filled on the first step
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        b1, b2 = self.betas
-        step_size = self.lr / (1 - b1**self.t)
-        bc2_sqrt = math.sqrt(1 - b2**self.t)
-        for p in self.params:
-            if p.grad is None:
-                continue
-            if p not in self.state:
-                self.state[p] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-            m, v = self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"]
-            m.lerp_(p.grad, 1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            p.addcdiv_(m, (v.sqrt() / bc2_sqrt).add_(self.eps), value=-step_size)
-
-
 # ---------------------------------------------------------------- measurement
 
 
@@ -472,18 +443,7 @@ def train(cfg: Config, method: str, start: Net, eval_prompts: Tensor) -> dict[st
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    err = config_error(cfg)
-    if err:
-        raise ValueError(err)
-    t_start = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        # Tensors this small are latency-bound: extra intra-op threads only add sync overhead.
-        torch.set_num_threads(cfg.threads)
-    try:
-        return measure(cfg, t_start)
-    finally:
-        torch.set_num_threads(threads_before)  # run() is also called in-process by tests
+    return harness.run(cfg, config_error(cfg), measure)
 
 
 def measure(cfg: Config, t_start: float) -> dict[str, Any]:
@@ -527,16 +487,8 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
     }
     extra = runs["grpo"]["extra"] if "grpo" in runs else {}
     se_gain = math.hypot(initial["reward_se"], variants.get("grpo", {}).get("reward_final_se", 0))
-    dev_name = torch.cuda.get_device_name(dev) if cuda else None
     return {
-        "recipe": "grpo",
-        "config": {**asdict(cfg), "methods": list(cfg.methods)},
-        "env": {
-            "torch": torch.__version__,
-            "device": str(dev),
-            "gpu_name": dev_name,
-            "threads": torch.get_num_threads(),
-        },
+        **harness.header("grpo", cfg),
         "variants": variants,
         **extra,
         "initial": initial,
@@ -552,35 +504,18 @@ def claims(variants: dict[str, Any], extra: dict[str, Any], gain_tol: float) -> 
     grpo, ppo = variants.get("grpo"), variants.get("ppo")
     if grpo and ppo:
         frac = grpo["trainable_params"] / ppo["trainable_params"]
-        out.append(claim("grpo_trainable_fraction", 0.5, frac))
+        out.append(harness.claim(CLAIMS, "grpo_trainable_fraction", 0.5, frac))
         state = grpo["optimizer_state_bytes"] / ppo["optimizer_state_bytes"]
-        out.append(claim("grpo_optimizer_state_fraction", 0.5, state))
+        out.append(harness.claim(CLAIMS, "grpo_optimizer_state_fraction", 0.5, state))
     if grpo:
-        out.append(claim("grpo_advantage_normalised", 0.0, extra["advantages"]["max_deviation"]))
+        deviation = extra["advantages"]["max_deviation"]
+        out.append(harness.claim(CLAIMS, "grpo_advantage_normalised", 0.0, deviation))
         gain = grpo["reward_gain"]
-        verdict = "reproduced" if gain > gain_tol else "partial" if gain > 0 else "not reproduced"
-        out.append(claim("grpo_reward_gain", 0.0, gain, tol=gain_tol, verdict=verdict))
+        verdict = harness.verdict(gain > gain_tol, partial=gain > 0)
+        out.append(
+            harness.claim(CLAIMS, "grpo_reward_gain", 0.0, gain, tol=gain_tol, verdict=verdict)
+        )
     return out
-
-
-def claim(
-    id_: str, paper: float, measured: float, tol: float | None = None, verdict: str | None = None
-) -> dict[str, Any]:
-    text, metric, unit, default_tol = CLAIMS[id_]
-    tol = default_tol if tol is None else tol
-    if verdict is None:
-        ok = abs(measured - paper) <= tol * max(1.0, abs(paper))
-        verdict = "reproduced" if ok else "not reproduced"
-    return {
-        "id": id_,
-        "claim": text,
-        "metric": metric,
-        "paper_value": paper,
-        "measured_value": measured,
-        "unit": unit,
-        "tolerance": tol,
-        "verdict": verdict,
-    }
 
 
 # ---------------------------------------------------------------- CLI
@@ -626,22 +561,8 @@ def config_error(cfg: Config) -> str | None:
     return None
 
 
-def fail(message: str) -> NoReturn:
-    print(f"grpo.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        fail(message)
-
-
-def method_list(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
 def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.Parser(__file__, __doc__)
     add = p.add_argument
     add("--seq-len", type=int, help="K, digits per prompt and per answer (default 4)")
     add("--vocab", type=int, help="V, digits are 0..V-1 (default 8)")
@@ -688,43 +609,25 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
     add("--eval-prompts", type=int, help="held-out prompts for before/after reward (default 512)")
     add(
         "--methods",
-        type=method_list,
+        type=harness.str_list,
         help="comma list of grpo,ppo; the memory claims need both (default grpo,ppo)",
     )
-    add("--device", choices=["cpu", "cuda", "auto"], help="auto = cuda if available (default cpu)")
-    add(
-        "--preset",
-        choices=list(PRESETS),
-        help="none/cpu = the defaults; 4070 = 12 GB GPU: K 8, V 16, hidden 512, G 64, 16 prompts "
-        "(the paper's batch of 1024), 60 warm-up steps, 300 RL steps at lr 1e-4, cuda. "
-        "Explicit flags override a preset",
-    )
-    add(
-        "--threads",
-        type=int,
-        help="CPU intra-op threads, 0 = torch's default (default 1: tensors this small are "
+    p.add_common(
+        PRESETS,
+        preset="none/cpu = the defaults; 4070 = 12 GB GPU: K 8, V 16, hidden 512, G 64, "
+        "16 prompts (the paper's batch of 1024), 60 warm-up steps, 300 RL steps at lr 1e-4, "
+        "cuda. Explicit flags override a preset",
+        threads="CPU intra-op threads, 0 = torch's default (default 1: tensors this small are "
         "latency-bound, more threads only add sync overhead)",
+        seed="weights, prompts and samples",
     )
-    add("--seed", type=int, help="seed for weights, prompts and samples (default 0)")
-    add("--out", type=Path, help="also write metrics.json into this directory")
-    args = vars(p.parse_args(argv))
-    out = args.pop("out")
-
-    values: dict[str, Any] = dict(PRESETS[args["preset"] or "none"])
-    values.update({k: v for k, v in args.items() if v is not None})
-    if values.get("device") == "auto":
-        values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = Config(**{f.name: values.get(f.name, getattr(Config, f.name)) for f in fields(Config)})
-    return cfg, out
+    values, out = p.values(argv)
+    return harness.make_config(Config, values), out
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
-    err = config_error(cfg)
-    if out is not None and out.exists() and not out.is_dir():
-        err = err or f"--out: {out} exists and is not a directory"
-    if err:
-        fail(err)
+    harness.preflight(__file__, config_error(cfg), out)
     metrics = run(cfg)
     head = f"{'method':6} {'trainable':>10} {'adam bytes':>11} {'reward 0->end':>16} {'KL':>8}"
     print(head + f" {'ms/step':>8}")
@@ -734,15 +637,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{m:6} {v['trainable_params']:>10} {v['optimizer_state_bytes']:>11} {rw:>16} "
             f"{v['kl_to_ref']:>8.4f} {v['step_ms_mean']:>8.2f}"
         )
-    for c in metrics["claims"]:
-        print(
-            f"{c['id']}: paper {c['paper_value']:.6g} measured {c['measured_value']:.6g} "
-            f"(tol {c['tolerance']:.3g}) -> {c['verdict']}"
-        )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics))
+    harness.report(metrics, out, tolerance=True)
 
 
 if __name__ == "__main__":
