@@ -42,25 +42,27 @@ routing, real text. Small-scale losses carry over as directions at most.
     python recipes/deepseek_moe.py --sweep          # alpha and gamma sweeps, ~2x longer
     python recipes/deepseek_moe.py --preset 4070    # a 12 GB GPU, wider model, longer runs
 
-Imports only torch and the standard library: it runs in a sandbox without the project.
-The last stdout line is one JSON object with every metric.
+Imports only torch, the standard library and harness.py, which ships beside it: it runs
+in a sandbox without the project. The last stdout line is one JSON object with every metric.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if __package__:  # imported from the project, as recipes.deepseek_moe
+    from . import harness
+else:  # run as a script: harness.py lies beside it (in the job dir, or in recipes/)
+    import harness  # type: ignore[no-redef]
 
 ARCHS = ("topk", "fine_grained", "fine_grained_shared")
 BALANCE = ("none", "aux_loss", "bias")
@@ -362,35 +364,11 @@ def max_vio(loads: Tensor) -> float:
 # ---------------------------------------------------------------- one run
 
 
-class Adam:
-    """torch.optim.Adam's update, no weight decay. Written out because the first torch.optim
-    optimizer imports torch._dynamo, about 1.5 s: a fifth of this script's CPU budget."""
-
-    def __init__(self, params: list[nn.Parameter], lr: float, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lr, (self.b1, self.b2), self.eps, self.t = params, lr, betas, eps, 0
-        self.m = [torch.zeros_like(p) for p in params]  # first moment
-        self.v = [torch.zeros_like(p) for p in params]  # second moment
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.t += 1
-        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t  # bias corrections
-        for p, m, v in zip(self.params, self.m, self.v, strict=True):
-            if p.grad is not None:
-                m.lerp_(p.grad, 1 - self.b1)
-                v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
-                p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-self.lr / c1)
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-
 def train(cfg: Config, arch: str, mode: str, rate: float, data: Tensor, val: Tensor) -> dict:
     lay = layout(cfg, arch)
     torch.manual_seed(cfg.seed)  # the same init for every balancing mode of an architecture
     model = TinyLM(cfg, lay).to(cfg.device)
-    opt = Adam(list(model.parameters()), lr=cfg.lr)
+    opt = harness.Adam(model.parameters(), lr=cfg.lr)  # torch.optim's import costs ~1.5 s
     group = cfg.seq_len if cfg.aux_scope == "sequence" else cfg.batch * cfg.seq_len
     curve_vio: list[list[float]] = []
     curve_loss: list[list[float]] = []
@@ -465,30 +443,28 @@ def evaluate(cfg: Config, model: TinyLM, lay: Layout, val: Tensor) -> dict[str, 
 
 
 def claim(
-    id_: str, paper: float, measured: float, verdict: str, text: str = "", arch: str = REF_ARCH
+    id_: str,
+    paper: float,
+    measured: float,
+    verdict: str | None = None,
+    text: str = "",
+    arch: str = REF_ARCH,
 ) -> dict:
-    default_text, metric, unit, tol = CLAIMS[id_]
-    return {
-        "id": id_,
-        "claim": text or default_text,
-        "metric": metric.format(arch=arch),
-        "paper_value": paper,
-        "measured_value": measured,
-        "unit": unit,
-        "tolerance": tol,
-        "verdict": verdict,
-        "reference": "baseline" if id_ in MEASURED_BASELINE else "paper",
-    }
-
-
-def exact(id_: str, paper: float, measured: float) -> dict:
-    tol = CLAIMS[id_][3]
-    ok = abs(measured - paper) <= tol * max(1.0, abs(paper))
-    return claim(id_, paper, measured, "reproduced" if ok else "not reproduced")
+    """No verdict: an exact claim, judged by its tolerance."""
+    return harness.claim(
+        CLAIMS,
+        id_,
+        paper,
+        measured,
+        verdict=verdict,
+        text=text,
+        metric=CLAIMS[id_][1].format(arch=arch),
+        reference="baseline" if id_ in MEASURED_BASELINE else "paper",
+    )
 
 
 def of_count(hits: int, n: int) -> str:
-    return "reproduced" if hits == n else "partial" if hits else "not reproduced"
+    return harness.verdict(hits == n, partial=hits > 0)
 
 
 def make_claims(cfg: Config, v: dict[str, dict[str, Any]]) -> list[dict]:
@@ -498,9 +474,9 @@ def make_claims(cfg: Config, v: dict[str, dict[str, Any]]) -> list[dict]:
     tot = [r["total_expert_params"] for r in rows]
     worst = max(abs(r["load_sum"] - r["tokens"] * r["k_routed"]) for r in rows)
     claims = [
-        exact("activated_params_equal", 1.0, max(act) / min(act)),
-        exact("total_params_equal", 1.0, max(tot) / min(tot)),
-        exact("loads_sum_exact", 0.0, worst),
+        claim("activated_params_equal", 1.0, max(act) / min(act)),
+        claim("total_params_equal", 1.0, max(tot) / min(tot)),
+        claim("loads_sum_exact", 0.0, worst),
     ]
     a = ref_arch(cfg)
     gammas = sorted(set(cfg.bias_gamma)) if "bias" in cfg.balance else []
@@ -581,17 +557,7 @@ def make_claims(cfg: Config, v: dict[str, dict[str, Any]]) -> list[dict]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    err = config_error(cfg)
-    if err:
-        raise ValueError(err)
-    t_start = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # tiny matmuls: more threads only add sync
-    try:
-        return measure(cfg, t_start)
-    finally:
-        torch.set_num_threads(threads_before)  # run() is also called in-process by tests
+    return harness.run(cfg, config_error(cfg), measure)
 
 
 def curve(title: str, ylabel: str) -> dict[str, Any]:
@@ -633,18 +599,8 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
                 **m,
             }
 
-    dev = torch.device(cfg.device)
-    cuda = dev.type == "cuda"
-    lists = {k: list(getattr(cfg, k)) for k in ("arch", "balance", "aux_alpha", "bias_gamma")}
     return {
-        "recipe": "deepseek_moe",
-        "config": {**asdict(cfg), **lists},
-        "env": {
-            "torch": torch.__version__,
-            "device": str(dev),
-            "gpu_name": torch.cuda.get_device_name(dev) if cuda else None,
-            "threads": torch.get_num_threads(),
-        },
+        **harness.header("deepseek_moe", cfg),
         "floor_loss": floor,
         "variants": variants,
         "claims": make_claims(cfg, variants),
@@ -712,34 +668,17 @@ def estimate_bytes(cfg: Config) -> int:
     return train + val + data + params
 
 
-def fail(message: str) -> NoReturn:
-    print(f"deepseek_moe.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        fail(message)
-
-
-def str_list(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma list of numbers: {text!r}") from None
-
-
 def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = harness.Parser(__file__, __doc__)
     add = p.add_argument
-    add("--arch", type=str_list, help=f"comma list of architectures (default {','.join(ARCHS)})")
+    add(
+        "--arch",
+        type=harness.str_list,
+        help=f"comma list of architectures (default {','.join(ARCHS)})",
+    )
     add(
         "--balance",
-        type=str_list,
+        type=harness.str_list,
         help=f"comma list of balancing modes (default {','.join(BALANCE)})",
     )
     add("--n-experts", type=int, help="N conventional experts; fine-grained: m*N (default 8)")
@@ -768,7 +707,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
     )
     add(
         "--aux-alpha",
-        type=float_list,
+        type=harness.float_list,
         help="aux-loss weight(s) alpha, comma list, >= 0 (default 0.01; --sweep: 0.001,0.01,0.1)",
     )
     add(
@@ -779,7 +718,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
     )
     add(
         "--bias-gamma",
-        type=float_list,
+        type=harness.float_list,
         help="bias update rate(s) gamma, comma list, >= 0 "
         "(default 0.001, DeepSeek-V3's; --sweep: 0.0001,0.001,0.01)",
     )
@@ -796,38 +735,23 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
         "overflow is counted as dropped, not dropped (default 1.25)",
     )
     add("--log-every", type=int, help="training steps per point on the curves (default 10)")
-    add("--device", choices=["cpu", "cuda", "auto"], help="auto = cuda if available (default cpu)")
-    add(
-        "--preset",
-        choices=list(PRESETS),
-        help="none; 4070 = 12 GB GPU: N 16, K 2, m 4, S 1 (DeepSeekMoE 2B's expert layout), "
+    p.add_common(
+        PRESETS,
+        preset="none; 4070 = 12 GB GPU: N 16, K 2, m 4, S 1 (DeepSeekMoE 2B's expert layout), "
         "d_model 256, d_expert 512, vocab 512 in 8 chains, 1000 steps of 32 x 128 tokens, "
         "sweeps on, cuda. Explicit flags override a preset",
+        seed="the data and the weights",
     )
-    add("--threads", type=int, help="CPU intra-op threads, 0 = torch's default (default 1)")
-    add("--seed", type=int, help="seed for the data and the weights (default 0)")
-    add("--out", type=Path, help="also write metrics.json into this directory")
-    args = vars(p.parse_args(argv))
-    out = args.pop("out")
-
-    values: dict[str, Any] = dict(PRESETS[args["preset"] or "none"])
-    values.update({k: v for k, v in args.items() if v is not None})
+    values, out = p.values(argv)
     if values.get("sweep"):
         values.setdefault("aux_alpha", ALPHA_SWEEP)
         values.setdefault("bias_gamma", GAMMA_SWEEP)
-    if values.get("device") == "auto":
-        values["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = Config(**{f.name: values.get(f.name, getattr(Config, f.name)) for f in fields(Config)})
-    return cfg, out
+    return harness.make_config(Config, values), out
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
-    err = config_error(cfg)
-    if out is not None and out.exists() and not out.is_dir():
-        err = err or f"--out: {out} exists and is not a directory"
-    if err:
-        fail(err)
+    harness.preflight(__file__, config_error(cfg), out)
     metrics = run(cfg)
     print(
         f"{'variant':36} {'val loss':>8} {'MaxVio':>7} {'per seq':>7} {'entropy':>7} {'drop%':>6}"
@@ -838,15 +762,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{m['load_entropy']:7.3f} {100 * m['dropped_frac']:6.2f}"
         )
     print(f"floor (the chains' own cross-entropy): {metrics['floor_loss']:.4f}")
-    for c in metrics["claims"]:
-        print(
-            f"{c['id']}: paper {c['paper_value']:.6g} measured {c['measured_value']:.6g} "
-            f"-> {c['verdict']}"
-        )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(json.dumps(metrics))
+    harness.report(metrics, out)
 
 
 if __name__ == "__main__":
