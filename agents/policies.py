@@ -24,11 +24,16 @@ class ReadPolicy(Protocol):
 
 
 class ReproducePolicy(Protocol):
-    """Reproducer: a job for a mechanism, and a repaired job (or why not) after a failure."""
+    """Reproducer: a job for a mechanism; a repaired job after a failure, or a revised one
+    after a human's request at the code gate — or, as a string, why it cannot."""
 
     def propose(self, mech: MechanismPlan, paper: Paper) -> Reproduction: ...
 
     def repair(self, mech: MechanismPlan, work: MechanismRun) -> Reproduction | str: ...
+
+    def revise(
+        self, mech: MechanismPlan, work: MechanismRun, request: str
+    ) -> Reproduction | str: ...
 
 
 class ProfilePolicy(Protocol):

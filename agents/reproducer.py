@@ -1,8 +1,9 @@
 """Reproducer: a job for every mechanism the Plan reproduces, and repairs after failures.
 
 The node calls the reproduce policy (`Deps.policies.reproduce`): `propose` for a
-mechanism with no job yet, `repair` for one whose last attempt failed — bounded by
-the run's `max_repair_attempts`. A mechanism the policy cannot repair is given up
+mechanism with no job yet, `repair` for one whose last attempt failed, `revise` for
+one a human sent back from the code gate with a request — bounded by the run's
+`max_repair_attempts`. A mechanism the policy cannot repair is given up
 with the reason; the run goes on with the others, and fails only when all failed.
 """
 
@@ -30,16 +31,27 @@ def make_reproducer(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
             if w.reproduction is None:
                 w = w.model_copy(update={"reproduction": policy.propose(mech, state.paper)})
             elif w.status == "retry":
-                assert w.main is not None
-                last = f"{w.main.result.status}: {w.main.result.message}"
+                last = (
+                    f"revision requested: {w.revision}"
+                    if w.revision
+                    else f"{w.main.result.status}: {w.main.result.message}"
+                    if w.main
+                    else "no result"
+                )
                 if w.attempts >= state.policy.max_repair_attempts:
                     w = w.model_copy(update={"gave_up": f"failed {w.attempts} times; last: {last}"})
                 else:
-                    fixed = policy.repair(mech, w)
+                    fixed = (
+                        policy.revise(mech, w, w.revision) if w.revision else policy.repair(mech, w)
+                    )
                     if isinstance(fixed, str):
                         w = w.model_copy(update={"gave_up": fixed})
                     else:
-                        w = w.model_copy(update={"reproduction": fixed})
+                        # A revision that did not run still counts against the bound.
+                        attempts = w.attempts + (1 if w.revision and w.main is None else 0)
+                        w = w.model_copy(
+                            update={"reproduction": fixed, "revision": "", "attempts": attempts}
+                        )
             work[mech.key] = w
             repro = w.reproduction
             log.info(

@@ -64,7 +64,8 @@ def gate_summary(gate: str, state: RunState) -> dict[str, Any]:
             if w.status != "pending" or w.reproduction is None:
                 continue
             r = w.reproduction
-            grid = state.plan.get(w.key).grid if state.plan else {}
+            mech = state.plan.get(w.key) if state.plan else None
+            grid = mech.grid if mech else {}
             jobs.append(
                 {
                     "mechanism": w.key,
@@ -75,6 +76,10 @@ def gate_summary(gate: str, state: RunState) -> dict[str, Any]:
                     "note": r.note,
                     "limits": r.job.limits.model_dump(),
                     "then profiled with": sorted(grid),
+                    "estimated_s": round(mech.estimated_s, 1) if mech else None,
+                    "compared_with": f"attempt {r.attempt - 1}"
+                    if r.attempt > 1
+                    else f"recipes/{r.script}",
                 }
             )
         return {"jobs": jobs}
@@ -119,18 +124,76 @@ def check_plan_edit(state: RunState, data: Any, label: str) -> Plan:
     return plan
 
 
+def check_code_edit(state: RunState, edit: dict[str, dict[str, str]], label: str) -> None:
+    """Edited job files: each names a waiting mechanism and one of its files (UserError)."""
+    pending = {k: w for k, w in state.work.items() if w.status == "pending" and w.reproduction}
+    if not edit:
+        raise UserError(f"{label}: no file to edit")
+    for key, files in edit.items():
+        if key not in pending:
+            raise UserError(
+                f"{label}: no job of '{key}' waits at the code gate "
+                f"(waiting: {', '.join(pending) or 'none'})"
+            )
+        known = pending[key].reproduction.job.files  # type: ignore[union-attr]
+        for name, text in files.items():
+            if name not in known:
+                raise UserError(
+                    f"{label}: '{name}' is not a file of the {key} job ({', '.join(known)})"
+                )
+            if not text.strip():
+                raise UserError(f"{label}: '{name}' would be empty")
+
+
+def _apply_code_edit(state: RunState, edit: dict[str, dict[str, str]]) -> dict[str, Any]:
+    check_code_edit(state, edit, "the edited code")
+    work = dict(state.work)
+    for key, files in edit.items():
+        w = work[key]
+        assert w.reproduction is not None
+        job = w.reproduction.job.model_copy(update={"files": {**w.reproduction.job.files, **files}})
+        note = f"{w.reproduction.note}; edited by hand at the code gate ({', '.join(files)})"
+        repro = w.reproduction.model_copy(update={"job": job, "note": note})
+        work[key] = w.model_copy(update={"reproduction": repro})
+    return work
+
+
 def apply_answer(gate: str, state: RunState, answer: Any) -> dict[str, Any]:
-    """The state update for a gate's answer."""
+    """The state update for a gate's answer.
+
+    At the code gate an answer may carry `edit` (mechanism -> file -> text: what runs is
+    what was saved) or `revise` with a reason (a revision request back to the Reproducer,
+    bounded like a repair); at the plan gate, `plan` (an edited Plan).
+    """
     approved = bool(answer.get("approved")) if isinstance(answer, dict) else bool(answer)
     reason = str(answer.get("reason", "")) if isinstance(answer, dict) else ""
-    edited = isinstance(answer, dict) and answer.get("plan") is not None and gate == "plan"
+    data = answer if isinstance(answer, dict) else {}
+    edit = data.get("edit") if gate == "code" else None
+    revise = bool(data.get("revise")) and gate == "code" and not approved
+    edited = (data.get("plan") is not None and gate == "plan") or bool(edit)
     update: dict[str, Any] = {
         "decisions": [
-            Decision(gate=gate, approved=approved, reason=reason, by="user", edited=edited)
+            Decision(
+                gate=gate,
+                approved=approved,
+                reason=reason,
+                by="user",
+                edited=edited and approved,
+                revise=revise,
+            )
         ]
     }
-    if edited and approved:
-        update["plan"] = check_plan_edit(state, answer["plan"], "the edited plan")
+    if gate == "plan" and edited and approved:
+        update["plan"] = check_plan_edit(state, data["plan"], "the edited plan")
+    if edit and approved:
+        update["work"] = _apply_code_edit(state, edit)
+    if revise:
+        work = dict(state.work)
+        for key, w in state.work.items():
+            if w.status == "pending":
+                work[key] = w.model_copy(update={"revision": reason or "revise this code"})
+        update["work"] = work
+        return update
     if not approved:
         update["outcome"] = Outcome(
             status="rejected", message=f"rejected at the {gate} gate: {reason or 'no reason'}"

@@ -39,10 +39,13 @@ GateNode = Callable[[RunState, Runtime[Context]], dict[str, Any]]
 
 def make_gate(gate: str) -> GateNode:
     def node(state: RunState, runtime: Runtime[Context]) -> dict[str, Any]:
-        if gate not in state.policy.gates:
+        mode = state.policy.approval(gate)
+        if mode == "skip":
             return {"decisions": [Decision(gate=gate, approved=True, by="policy")]}
-        auto = state.policy.auto_approve or (
-            runtime.context is not None and runtime.context.auto_approve
+        auto = (
+            mode == "auto"
+            or state.policy.auto_approve
+            or (runtime.context is not None and runtime.context.auto_approve)
         )
         if auto:
             return {"decisions": [Decision(gate=gate, approved=True, by="auto")]}
@@ -97,6 +100,10 @@ def _write_record(record: JobRecord, results: Path) -> None:
     out.mkdir(exist_ok=True)
     _write_json(out / "metrics.json", record.result.metrics)
     _write_json(out / "result.json", record.result.model_dump(mode="json"))
+    for key, name in (("logs/stdout.log", "stdout.log"), ("logs/stderr.log", "stderr.log")):
+        log = record.result.artifacts.get(key)  # the host's own log of the job's output
+        if log and Path(log).is_file() and not Path(log).is_symlink():
+            shutil.copyfile(log, out / name)
     report = copy_artifacts(record.result, out / "artifacts")
     if report.refused:
         _write_json(out / "artifacts-refused.json", [list(r) for r in report.refused])
@@ -153,7 +160,11 @@ def make_publish(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
                 }
             (staging / "writeup.md").write_text(markdown, encoding="utf-8")
             if state.critique is not None:
-                _write_json(staging / "critique.json", state.critique.model_dump(mode="json"))
+                verdict = "approve" if state.critique.approved else "revise"
+                _write_json(
+                    staging / "critique.json",
+                    {"verdict": verdict, **state.critique.model_dump(mode="json")},
+                )
             _write_json(
                 staging / "evidence.json",
                 {

@@ -33,8 +33,14 @@ def after_reproducer(state: RunState) -> Literal["code_gate", "profiler", "__end
     return "profiler" if "ok" in statuses else END
 
 
-def after_code_gate(state: RunState) -> Literal["execute", "__end__"]:
-    return "execute" if _approved(state, "code") else END
+def after_code_gate(state: RunState) -> Literal["execute", "reproducer", "__end__"]:
+    """Approved: run it. Rejected with a revision request: back to the Reproducer."""
+    if _approved(state, "code"):
+        return "execute"
+    decision = state.last_decision("code")
+    if decision is not None and decision.revise and state.outcome is None:
+        return "reproducer"
+    return END
 
 
 def after_execute(state: RunState) -> Literal["profiler", "reproducer"]:

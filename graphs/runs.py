@@ -30,7 +30,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from agents.deps import Deps
-from graphs.gates import check_plan_edit
+from graphs.gates import check_code_edit, check_plan_edit
 from graphs.graph import thread_ids
 from graphs.lease import Lease, RunBusy
 from graphs.replay import Step, describe, state_at, timeline
@@ -201,6 +201,8 @@ class Runs:
         reason: str = "",
         plan: Any = None,
         plan_label: str = "--plan",
+        edit: dict[str, dict[str, str]] | None = None,
+        revise: bool = False,
         auto_approve: bool = False,
     ) -> Iterator[Event]:
         """Continue a paused or interrupted run; at a gate, with a decision.
@@ -216,11 +218,18 @@ class Runs:
         if view.gate is not None:
             if plan is not None and view.gate != "plan":
                 raise UserError(f"{plan_label}: run '{run_id}' waits at the {view.gate} gate")
-            if approve is None and plan is None:
+            if approve is None and plan is None and not edit and not revise:
                 raise UserError(
                     f"run '{run_id}' waits at the {view.gate} gate: approve or reject it"
                 )
+            if (edit or revise) and view.gate != "code":
+                raise UserError(f"run '{run_id}' waits at the {view.gate} gate, not the code gate")
             answer: dict[str, Any] = {"approved": approve is not False, "reason": reason}
+            if revise:
+                answer = {"approved": False, "revise": True, "reason": reason}
+            if edit:
+                check_code_edit(RunState.model_validate(snap.values), edit, "--edit")
+                answer["edit"] = edit
             if plan is not None:
                 state = RunState.model_validate(snap.values)
                 answer["plan"] = check_plan_edit(state, plan, plan_label).model_dump(mode="json")

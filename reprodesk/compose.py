@@ -50,6 +50,7 @@ class App:
         s = self.settings
         return Policy(
             gates=list(s.gates),
+            approvals={str(k): str(v) for k, v in s.approvals.items()},
             auto_approve=auto_approve,
             max_repair_attempts=s.max_repair_attempts,
             max_critic_rounds=s.max_critic_rounds,

@@ -300,6 +300,15 @@ class Draft(BaseModel):
     round: int = 1
 
 
+class ReviewPoint(BaseModel):
+    """One finding of the Finance-Critic's rubric, with the text it refers to."""
+
+    rubric: str = Field(description="evidence, scale honesty, model risk, operations, ...")
+    severity: Literal["blocker", "major", "minor", "note"]
+    finding: str
+    text: str = Field(default="", description="The write-up's text it refers to, quoted.")
+
+
 class Critique(BaseModel):
     """The Finance-Critic's review: blocking issues and bank-lens notes."""
 
@@ -307,6 +316,9 @@ class Critique(BaseModel):
     issues: list[str] = Field(default_factory=list, description="Must be fixed to approve.")
     notes: list[str] = Field(default_factory=list, description="For the reader, not blocking.")
     round: int = 1
+    points: list[ReviewPoint] = Field(
+        default_factory=list, description="The rubric's findings; blocker/major ones are issues."
+    )
 
 
 class Decision(BaseModel):
@@ -317,6 +329,9 @@ class Decision(BaseModel):
     reason: str = ""
     by: Literal["user", "auto", "policy"] = "user"
     edited: bool = Field(default=False, description="The user changed what the gate showed.")
+    revise: bool = Field(
+        default=False, description="Rejected with a revision request: back to the agent."
+    )
 
 
 class Outcome(BaseModel):

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from reprodesk.schemas import SandboxName, UserError
 
 GateName = Literal["plan", "code", "publish"]
+Approval = Literal["ask", "auto", "skip"]
 
 
 class Settings(BaseSettings):
@@ -39,6 +40,12 @@ class Settings(BaseSettings):
     )
     chroma_url: str | None = Field(
         default=None, description="A Chroma server (http://host:port); default: embedded store."
+    )
+    approvals: dict[GateName, Approval] = Field(
+        default_factory=dict,
+        description="Per gate: ask (a human decides), auto (approved and recorded as such), "
+        'skip (no gate). JSON in the environment, e.g. \'{"plan": "ask"}\'; gates not '
+        "named follow REPRODESK_GATES.",
     )
     gates: list[GateName] = Field(
         default_factory=lambda: list[GateName](["code", "publish"]),

@@ -53,6 +53,9 @@ class MechanismRun(BaseModel):
     )
     profile: list[JobRecord] = Field(default_factory=list)
     gave_up: str = Field(default="", description="Why the repair loop stopped, if it did.")
+    revision: str = Field(
+        default="", description="A revision the human asked for at the code gate, not yet made."
+    )
 
     @property
     def main_label(self) -> str:
@@ -64,6 +67,8 @@ class MechanismRun(BaseModel):
         """pending: a job waits to run; retry: its last attempt failed, the Reproducer decides."""
         if self.gave_up:
             return "failed"
+        if self.revision:
+            return "retry"  # back to the Reproducer with the human's request
         if self.reproduction is None or self.main is None or self.main.label != self.main_label:
             return "pending"
         if self.main.result.status == "ok" and self.main.parsed is not None:
@@ -75,7 +80,15 @@ class Policy(BaseModel):
     """Per-run policy, fixed at start so that a resumed run keeps it."""
 
     gates: list[str] = Field(default_factory=lambda: ["code", "publish"])
+    approvals: dict[str, str] = Field(
+        default_factory=dict, description="Per gate ask / auto / skip; overrides `gates`."
+    )
     auto_approve: bool = Field(default=False, description="Approve every asking gate.")
+
+    def approval(self, gate: str) -> str:
+        """ask, auto or skip for `gate`."""
+        return self.approvals.get(gate) or ("ask" if gate in self.gates else "skip")
+
     max_repair_attempts: int = 3
     max_critic_rounds: int = 2
 

@@ -61,12 +61,12 @@ class OfflineReproducer:
         assert previous is not None and failed is not None
         result = failed.result
         shrinkable = [k for k in mech.shrink if k in previous.args]
-        if result.status not in ("timeout", "oom") or not shrinkable:
+        if result.status not in ("timeout", "oom", "quota") or not shrinkable:
             why = f"{result.status}: {result.message}"
             return (
                 f"the {previous.script} run failed ({why}); offline mode does not rewrite "
-                "recipe code and retries only a timeout or out-of-memory of a recipe that "
-                "declares what to shrink"
+                "recipe code and retries only a timeout, out-of-memory or disk quota of a "
+                "recipe that declares what to shrink"
             )
         args = _shrink(previous.args, shrinkable)
         return Reproduction(
@@ -80,4 +80,13 @@ class OfflineReproducer:
                 f"the previous attempt ended with {result.status}, so this one halved "
                 f"{', '.join(shrinkable)} (ratios unchanged)"
             ),
+        )
+
+    def revise(self, mech: MechanismPlan, work: MechanismRun, request: str) -> Reproduction | str:
+        """Offline mode cannot rewrite code to a request: it says so, and what can."""
+        del mech, work
+        return (
+            f"offline mode does not rewrite recipe code, so it cannot act on the request "
+            f"'{request}'; edit the code at the gate (`reprodesk resume RUN --edit FILE`) or "
+            "the plan's arguments at the plan gate, or use an LLM Reproducer"
         )

@@ -24,16 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from reprodesk.cli import inspect, writeup
-from reprodesk.cli.render import (
-    ask_choice,
-    ask_reason,
-    edit_file,
-    err,
-    out,
-    resume_hint,
-    say,
-    show_question,
-)
+from reprodesk.cli.asking import ask, before_code, read_edits
+from reprodesk.cli.render import err, out, resume_hint, say, show_code, show_question
 from reprodesk.cli.sandbox import sandbox_app
 from reprodesk.compose import App, build_app
 from reprodesk.log import configure
@@ -98,32 +90,6 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def _ask(app_: App, run_id: str, gate: str, review: Path) -> dict[str, Any]:
-    """A decision in the terminal; the default is no."""
-    if gate == "plan":
-        while True:
-            choice = ask_choice(gate, ["approve", "edit", "reject"])
-            if choice == "approve":
-                return {"approve": True}
-            if choice == "reject":
-                return {"approve": False, "reason": ask_reason()}
-            plan_file = review / "plan.json"
-            edit_file(plan_file)
-            try:
-                data = json.loads(plan_file.read_text(encoding="utf-8"))
-                from graphs.gates import check_plan_edit
-
-                check_plan_edit(app_.runs.state(run_id), data, str(plan_file))
-            except (UserError, ValueError) as exc:
-                err.print(Text(f"reprodesk: {exc}"))
-                continue
-            return {"approve": True, "plan": data, "plan_label": str(plan_file)}
-    choice = ask_choice(gate, ["approve", "reject"])
-    if choice == "approve":
-        return {"approve": True}
-    return {"approve": False, "reason": ask_reason()}
-
-
 def _render(app_: App, events: Any) -> int:
     """Render a drive; at a gate ask (in a terminal) or print the resume command (exit 3)."""
     while True:
@@ -143,9 +109,11 @@ def _render(app_: App, events: Any) -> int:
         if view.gate is not None:
             assert view.question is not None and view.review is not None
             show_question(view.gate, view.question)
+            if view.gate == "code":
+                show_code(Path(view.review), view.question.get("jobs", []), before_code(view))
             say(f"for review: {view.review}")
             if _interactive():
-                decision = _ask(app_, view.run_id, view.gate, Path(view.review))
+                decision = ask(app_, view.run_id, view.gate, Path(view.review))
                 events = app_.runs.resume(view.run_id, **decision)
                 continue
             say(f"paused at the {view.gate} gate. To continue:")
@@ -278,6 +246,23 @@ def resume(
             metavar="FILE",
         ),
     ] = None,
+    edit: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--edit",
+            help="At the code gate: run this edited file instead (matched by name), or the "
+            "files of a folder laid out like the review folder. Repeatable.",
+            metavar="PATH",
+        ),
+    ] = None,
+    revise: Annotated[
+        str | None,
+        typer.Option(
+            "--revise",
+            help="At the code gate: send the code back to the Reproducer with this request.",
+            metavar="REQUEST",
+        ),
+    ] = None,
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Approve this and every later gate.")
     ] = False,
@@ -290,6 +275,8 @@ def resume(
         raise UserError("--approve and --reject: give one, not both")
     if plan is not None and reject is not None:
         raise UserError("--plan and --reject: give one, not both")
+    if revise is not None and (approve or reject is not None or edit):
+        raise UserError("--revise: give it alone (it is the decision)")
     plan_data = None
     if plan is not None:
         try:
@@ -303,13 +290,17 @@ def resume(
     view = app_.runs.status(run_id)
     decision: dict[str, Any] = {}
     if view.gate is not None:
-        if reject is not None:
+        if revise is not None:
+            decision = {"revise": True, "reason": revise}
+        elif edit:
+            decision = {"approve": True, "edit": read_edits(edit, view)}
+        elif reject is not None:
             decision = {"approve": False, "reason": reject}
         elif approve or auto_approve or plan_data is not None:
             decision = {"approve": True}
         elif _interactive():
             show_question(view.gate, view.question or {})
-            decision = _ask(app_, run_id, view.gate, Path(view.review or "."))
+            decision = ask(app_, run_id, view.gate, Path(view.review or "."))
         else:
             say(f"run {run_id} waits at the {view.gate} gate:")
             resume_hint(run_id, view.gate)

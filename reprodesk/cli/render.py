@@ -63,6 +63,44 @@ def show_question(gate: str, question: dict[str, Any]) -> None:
         out.print(Text(f"{k}: ", style="bold") + Text(shown))
 
 
+def show_code(review: Path, jobs: list[dict[str, Any]], before: dict[str, dict[str, str]]) -> None:
+    """Each waiting job's entry file, highlighted, or its diff against what ran before."""
+    import difflib
+
+    from rich.syntax import Syntax
+
+    for job in jobs:
+        key, script = job["mechanism"], job["script"]
+        path = review / key / script
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        previous = before.get(key, {}).get(script)
+        if previous is not None and previous != text:
+            diff = "".join(
+                difflib.unified_diff(
+                    previous.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    f"{script} (before)",
+                    f"{script} (now)",
+                )
+            )
+            out.rule(f"{key}: {script}, diff against {job.get('compared_with', 'before')}")
+            out.print(Syntax(diff, "diff", word_wrap=True))
+        elif previous is not None:
+            say(f"{key}: {script} is identical to {job.get('compared_with', 'before')}")
+        else:
+            out.rule(f"{key}: {script}")
+            out.print(Syntax(text, "python", line_numbers=True, word_wrap=True))
+        say(f"  command: {job['command']}")
+        limits = job.get("limits", {})
+        say(
+            f"  limits: {limits.get('wall_s')} s, {limits.get('memory_mb')} MB memory, "
+            f"{limits.get('disk_mb', '?')} MB disk; estimated {job.get('estimated_s', '?')} s "
+            "with its profile jobs"
+        )
+
+
 def ask_choice(gate: str, choices: list[str]) -> str:
     """The default is the first 'no'-like choice: Enter never approves running code."""
     default = "reject"

@@ -22,6 +22,7 @@ EDGES = {
     ("reproducer", "profiler", True),  # the others succeeded, one was given up
     ("reproducer", "__end__", True),
     ("code_gate", "execute", True),
+    ("code_gate", "reproducer", True),  # rejected with a revision request
     ("code_gate", "__end__", True),
     ("execute", "profiler", True),
     ("execute", "reproducer", True),  # the repair loop

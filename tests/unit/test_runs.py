@@ -242,3 +242,48 @@ def test_scripted_chat_model_answers_in_order_and_runs_out_loudly() -> None:
     assert [model.invoke("a").content, model.invoke("b").content] == ["one", "two"]
     with pytest.raises(AssertionError, match="ran out"):
         model.invoke("c")
+
+
+def test_code_edited_at_the_gate_is_what_runs_and_what_is_profiled(tmp_path: Path) -> None:
+    app, box, _ = _app(tmp_path, gates=("code",))
+    _start(app, "mla_note.md")
+    approved = app.runs.state("r1").work["mla"].reproduction
+    assert approved is not None
+    edited = approved.job.files["mla.py"] + "\n# reviewed by hand\n"
+    with pytest.raises(UserError, match="not a file of the mla job"):
+        app.runs.resume("r1", edit={"mla": {"other.py": "x"}})
+    with pytest.raises(UserError, match="no job of 'mtp' waits"):
+        app.runs.resume("r1", edit={"mtp": {"mtp.py": "x"}})
+    view = _last(app.runs.resume("r1", edit={"mla": {"mla.py": edited}}))
+    assert view.status == "published"
+    assert {j.files["mla.py"] for j in box.launched} == {edited}  # main and profile jobs
+    state = app.runs.state("r1")
+    assert state.last_decision("code").edited  # type: ignore[union-attr]
+    assert "edited by hand" in state.work["mla"].reproduction.note  # type: ignore[union-attr]
+
+
+def test_a_revision_request_goes_back_and_offline_says_why_it_cannot(tmp_path: Path) -> None:
+    app, box, _ = _app(tmp_path, gates=("code",))
+    _start(app, "mla_note.md")
+    view = _last(app.runs.resume("r1", revise=True, reason="use 4 heads"))
+    assert box.launched == []  # nothing ran
+    assert view.status == "failed"
+    message = view.outcome.message if view.outcome else ""
+    assert "use 4 heads" in message and "--edit" in message
+    decision = app.runs.state("r1").last_decision("code")
+    assert decision is not None and decision.revise and not decision.approved
+
+
+def test_approvals_per_gate_skip_auto_and_ask(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path / "home",
+        gates=["code"],  # type: ignore[list-item]
+        approvals={"plan": "ask", "code": "auto"},  # type: ignore[dict-item]
+    )
+    app = build_app(settings, sandbox=FakeSandbox(), store=ListStore())
+    view = _start(app, "mla_note.md")
+    assert view.gate == "plan"  # ask, although REPRODESK_GATES does not list it
+    view = _last(app.runs.resume("r1", approve=True))
+    assert view.status == "published"  # code: auto; publish: not listed, so skipped
+    by = {d.gate: d.by for d in app.runs.state("r1").decisions}
+    assert by == {"plan": "user", "code": "auto", "publish": "policy"}
