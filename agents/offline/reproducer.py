@@ -16,6 +16,7 @@ from reprodesk.schemas import Job, Limits, Paper
 from reprodesk.state import MechanismRun, Reproduction
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+HARNESS = "harness.py"  # what every recipe imports: recipes/README.md
 
 
 def recipe_argv(script: str, args: Args) -> list[str]:
@@ -41,8 +42,13 @@ class OfflineReproducer:
         self.recipes_dir = recipes_dir
 
     def _job(self, script: str, args: Args) -> Job:
-        code = (self.recipes_dir / script).read_text(encoding="utf-8")
-        return Job(files={script: code}, argv=recipe_argv(script, args), limits=self.limits)
+        # The recipe and the harness it imports, side by side in the job dir: both are
+        # shown at the code gate and both are in the job's code hash.
+        files = {
+            name: (self.recipes_dir / name).read_text(encoding="utf-8")
+            for name in (script, HARNESS)
+        }
+        return Job(files=files, argv=recipe_argv(script, args), limits=self.limits)
 
     def propose(self, mech: MechanismPlan, paper: Paper) -> Reproduction:
         del paper  # the Plan already holds what the paper states

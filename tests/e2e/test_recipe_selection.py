@@ -1,7 +1,8 @@
 """The offline graph picks the right recipe for each sample note, up to the code gate.
 
 Runs the real CLI with the code gate on and no terminal: the run pauses before any
-code runs, and the review folder holds the exact script the sandbox would run.
+code runs, and the review folder holds the exact files the sandbox would run: the
+recipe and the harness it imports.
 """
 
 from __future__ import annotations
@@ -51,5 +52,7 @@ def test_note_reaches_the_code_gate_with_its_recipe(tmp_path: Path, note: str, s
     assert proc.returncode == 3, (proc.stdout, proc.stderr)  # paused at the code gate
     review = tmp_path / "review" / "sel" / "code" / script.removesuffix(".py")
     assert (review / script).read_text() == (ROOT / "recipes" / script).read_text()
+    assert (review / "harness.py").read_text() == (ROOT / "recipes" / "harness.py").read_text()
+    assert sorted(p.name for p in review.iterdir()) == sorted([script, "harness.py", "command.txt"])
     command = (review / "command.txt").read_text()
     assert command.startswith(f"python {script} ")
