@@ -341,10 +341,24 @@ def replay(
         int | None,
         typer.Option("--fork", help="Continue from this step as a new run.", metavar="STEP"),
     ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Re-execute a published run from its record (ledger, gate answers) with "
+            "nothing live, and compare the write-up byte for byte.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per step.")] = False,
 ) -> None:
     """Show a run's timeline from its checkpoints: each step, what ran, what it produced."""
     app_ = build_app(_settings())
+    if offline:
+        from graphs.offline_replay import replay_offline
+
+        result = replay_offline(app_.runs, run_id)
+        say(f"replayed {run_id} offline into {result.folder}: {result.message}")
+        raise typer.Exit(EXIT_OK if result.identical else EXIT_INTERNAL)
     if fork is not None:
         new_id = app_.runs.fork(run_id, fork)
         say(f"forked {run_id} at step {fork} as {new_id}")

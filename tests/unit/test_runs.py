@@ -287,3 +287,23 @@ def test_approvals_per_gate_skip_auto_and_ask(tmp_path: Path) -> None:
     assert view.status == "published"  # code: auto; publish: not listed, so skipped
     by = {d.gate: d.by for d in app.runs.state("r1").decisions}
     assert by == {"plan": "user", "code": "auto", "publish": "policy"}
+
+
+def test_offline_replay_rebuilds_the_same_writeup_from_the_record(tmp_path: Path) -> None:
+    from graphs.offline_replay import replay_offline
+
+    app, box, _ = _app(tmp_path, gates=("plan", "code"))
+    view = _start(app, "deepseek_v2_note.md")
+    plan = json.loads((Path(view.review or "") / "plan.json").read_text())
+    for m in plan["mechanisms"]:
+        m["selected"] = m["key"] == "mla"
+    list(app.runs.resume("r1", plan=plan))
+    assert _last(app.runs.resume("r1", approve=True)).status == "published"
+    launched = len(box.launched)
+    result = replay_offline(app.runs, "r1")
+    assert result.identical, result.message
+    assert len(box.launched) == launched  # the replay ran nothing
+    # a tampered record is caught: the write-up differs
+    writeup = tmp_path / "home" / "runs" / "r1" / "writeup.md"
+    writeup.write_text(writeup.read_text() + "edited\n")
+    assert not replay_offline(app.runs, "r1").identical
