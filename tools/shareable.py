@@ -85,7 +85,7 @@ def leaks(text: str) -> list[Leak]:
             found.append(Leak(what, m.group(0).strip()))
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group(0))
-        if 13 <= len(digits) <= 19 and _luhn(digits) and len(set(digits)) > 2:
+        if 13 <= len(digits) <= 19 and _luhn(digits) and len(set(digits)) > 1:
             found.append(Leak("a card number", m.group(0).strip()))
     unique: dict[tuple[str, str], Leak] = {}
     for leak in found:

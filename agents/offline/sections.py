@@ -16,7 +16,7 @@ from reprodesk.plan import MechanismPlan, PlanClaim
 from reprodesk.results import ClaimResult, RecipeResult
 from reprodesk.schemas import Figure, Finding, Quote
 from reprodesk.state import JobRecord, MechanismRun
-from tools.evidence import EvidenceBook, numbers_in
+from tools.evidence import EvidenceBook, fmt, numbers_in
 
 
 def metric_at(metrics: dict[str, Any], path: str) -> Any:
@@ -47,6 +47,16 @@ def _excerpt(text: str, number: str, width: int = 90) -> str:
     start = text.rfind(" ", 0, start + 1) + 1 if start else 0
     end = text.find(" ", end) if text.find(" ", end) != -1 else len(text)
     return ("…" if start else "") + text[start:end].strip() + ("…" if end < len(text) else "")
+
+
+def written_as(quote: Quote, value: float) -> str:
+    """The number in `quote` equal to `value`, as written; fmt(value) when there is none."""
+    for number in numbers_in(quote.text):
+        digits = number.rstrip("%")
+        stated = float(digits) / (100.0 if number.endswith("%") else 1.0)
+        if abs(stated - value) <= 1e-12 * max(1.0, abs(value)):
+            return number
+    return fmt(value)
 
 
 def stated_in(quote: Quote, value: float) -> tuple[str, float] | None:
@@ -352,8 +362,10 @@ class MechanismSection:
             hp = by_name.get(row.name)
             if row.paper is None:
                 paper_cell = "not stated"
-            elif hp is not None and row.source.startswith("paper"):
-                paper_cell = self.ctx.book.paper(f"hp.{row.name}", row.paper, "", hp.quote)
+            elif hp is not None and row.source.startswith("paper") and hp.value == row.paper:
+                # As the paper writes it ("0.0001", not 1.0e-04): the quote must print it.
+                shown = written_as(hp.quote, row.paper)
+                paper_cell = self.ctx.book.paper(f"hp.{row.name}", row.paper, "", hp.quote, shown)
             else:
                 paper_cell = self.ctx.book.config(f"hp.{row.name}", row.paper, where=row.source)
             ours_value = repro.args.get(row.name, row.ours)

@@ -75,20 +75,31 @@ def export(
         bool, typer.Option("--html", help="One self-contained HTML file (figures embedded).")
     ] = False,
     lang: Annotated[
-        str, typer.Option("--lang", help="en, or zh when writeup.zh.md exists.")
+        str,
+        typer.Option("--lang", help="Comma list of en, zh: zh also writes writeup.zh.md."),
     ] = "en",
 ) -> None:
-    """Export a write-up to share: `--html` writes writeup.html into the run folder."""
-    if not as_html:
-        raise UserError("export: give a format, e.g. --html")
+    """Export a write-up to share: `--lang en,zh` writes writeup.zh.md (same numbers),
+    `--html` one self-contained writeup[.zh].html per language, into the run folder."""
+    langs = [x.strip() for x in lang.split(",") if x.strip()]
+    unknown = [x for x in langs if x not in ("en", "zh")]
+    if unknown or not langs:
+        raise UserError(f"--lang {lang}: give en, zh or en,zh")
+    if not as_html and langs == ["en"]:
+        raise UserError("export: give --html, or --lang en,zh for the Chinese write-up")
     from tools.export import export_html
+    from tools.zh import translate
 
     folder = _folder(run_id)
-    if lang != "en" and not (folder / f"writeup.{lang}.md").is_file():
-        raise UserError(
-            f"--lang {lang}: the run has no writeup.{lang}.md (run with --lang en,{lang})"
-        )
-    say(str(export_html(folder, lang)))
+    for code in langs:
+        if code == "zh":
+            target = folder / "writeup.zh.md"
+            target.write_text(
+                translate((folder / "writeup.md").read_text(encoding="utf-8")), encoding="utf-8"
+            )
+            say(str(target))
+        if as_html:
+            say(str(export_html(folder, code)))
 
 
 def show(

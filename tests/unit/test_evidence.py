@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from agents.offline.critic import review
-from reprodesk.schemas import Draft, Quote
+from reprodesk.schemas import Quote
 from tools.evidence import EvidenceBook, fmt, numbers_in, untraceable
 
 
@@ -41,40 +40,3 @@ def test_book_traces_what_it_printed_and_nothing_else() -> None:
         "metric": "variants.mla.x",
         "artifact": "results/k/metrics.json",
     }
-
-
-def _draft(markdown: str) -> Draft:
-    book = EvidenceBook()
-    book.measured("a", 72, "elements", job="k", metric="m")
-    return Draft(markdown=markdown, evidence=book.items, figures=[], findings=[])
-
-
-GOOD = """# t
-## TL;DR
-MLA holds 72 elements.
-## Multi-head Latent Attention
-### Setup and scale-down record
-x
-### Claims: paper vs measured
-| Claim | Paper | Measured | Verdict |
-|---|---|---|---|
-| cache | 72 | 72 | **reproduced** |
-## Finance angle
-Cache bytes per token decide how many sessions one GPU serves per card.
-"""
-
-
-def test_critic_approves_a_clean_draft() -> None:
-    critique = review(_draft(GOOD), 1)
-    assert critique.approved, critique.issues
-
-
-def test_critic_blocks_untraced_numbers_missing_verdicts_and_secrets() -> None:
-    tampered = GOOD.replace("MLA holds 72 elements.", "MLA holds 72 elements, 5x faster.")
-    assert any("5" in i for i in review(_draft(tampered), 1).issues)
-    no_verdict = GOOD.replace("**reproduced**", "fine")
-    assert any("verdict" in i for i in review(_draft(no_verdict), 1).issues)
-    leaked = GOOD + "\nkey sk-abcdefghijklmnopqrstuvwx\n"
-    assert any("API key" in i for i in review(_draft(leaked), 1).issues)
-    no_finance = GOOD.split("## Finance angle")[0]
-    assert not review(_draft(no_finance), 1).approved
