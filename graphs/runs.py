@@ -17,6 +17,7 @@ is refused with one line naming the holder; the lease of a dead process is taken
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import uuid
@@ -274,8 +275,12 @@ class Runs:
                     )
             context = Context(auto_approve=auto_approve)
             try:
-                for chunk in self.graph.stream(
-                    payload, config, context=context, stream_mode="updates", durability="sync"
+                for chunk in _disk_errors_as_user_errors(
+                    run_id,
+                    self.home,
+                    self.graph.stream(
+                        payload, config, context=context, stream_mode="updates", durability="sync"
+                    ),
                 ):
                     ran = [node for node in chunk if not node.startswith("__")]
                     if ran:
@@ -314,6 +319,24 @@ class Runs:
         from sandbox.retention import remove_job_dirs
 
         return remove_job_dirs(self.deps.jobs_dir(), self.deps.ledger.workdirs(run_id))
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _disk_errors_as_user_errors(run_id: str, home: Path, chunks: Iterator[Any]) -> Iterator[Any]:
+    """A full disk or an unwritable folder is one line naming the path; the run stays
+    at its last checkpoint, so `resume` continues once there is space again."""
+    try:
+        yield from chunks
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        where = exc.filename or home
+        raise UserError(
+            f"{where}: {exc.strerror or exc}; run '{run_id}' is checkpointed before this "
+            f"step: free space or fix the permissions, then `reprodesk resume {run_id}`"
+        ) from exc
 
 
 def write_review(folder: Path, gate: str, state: RunState, view: RunView) -> None:

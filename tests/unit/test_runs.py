@@ -307,3 +307,27 @@ def test_offline_replay_rebuilds_the_same_writeup_from_the_record(tmp_path: Path
     writeup = tmp_path / "home" / "runs" / "r1" / "writeup.md"
     writeup.write_text(writeup.read_text() + "edited\n")
     assert not replay_offline(app.runs, "r1").identical
+
+
+def test_a_full_disk_in_publish_is_one_line_and_the_run_resumes_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import graphs.nodes
+
+    app, _, store = _app(tmp_path)
+    real = graphs.nodes._write_json
+
+    def full(path: Path, data: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(graphs.nodes, "_write_json", full)
+    with pytest.raises(UserError, match=r"No space left on device; run 'r1' is checkpointed"):
+        _start(app, "mla_note.md")
+    runs_dir = tmp_path / "home" / "runs"
+    assert not list(runs_dir.glob(".r1.*"))  # the failed publish cleaned its staging
+    assert app.runs.status("r1").next == ["publish"]  # resumable at the failed step
+    monkeypatch.setattr(graphs.nodes, "_write_json", real)  # space is back
+    assert _last(app.runs.resume("r1")).status == "published"
+    assert len(store.findings) == 5
