@@ -187,3 +187,34 @@ def test_bad_config_exits_2_with_one_stderr_line(args: list[str], option: str) -
 def test_config_error_runs_before_compute() -> None:
     with pytest.raises(ValueError, match="--gqa-groups"):
         mla.run(small(gqa_groups=3))
+
+
+@pytest.mark.parametrize(
+    ("args", "start"),
+    [
+        (["--steps", "x"], "mla.py: error: argument --steps: invalid int value"),  # argparse's
+        (["--seq-lens", "4,a"], "mla.py: error: argument --seq-lens: not a comma list"),
+        (["--out", "FILE"], "mla.py: error: --out: "),  # an existing file, not a directory
+    ],
+)
+def test_harness_errors_are_one_line_before_compute(
+    args: list[str],
+    start: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mla, "run", lambda cfg: pytest.fail("computed despite a bad command"))
+    (tmp_path / "FILE").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        mla.main([str(tmp_path / a) if a == "FILE" else a for a in args])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(start) and err.count("\n") == 1, err
+
+
+def test_auto_device_and_preset_under_explicit_flags() -> None:
+    cfg, out = mla.parse_args(["--preset", "cpu", "--seq-lens", "8", "--device", "auto"])
+    assert cfg.seq_lens == (8,) and out is None  # the flag over the preset's 64,128,256
+    assert cfg.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert mla.parse_args(["--preset", "cpu"])[0].seq_lens == (64, 128, 256)
