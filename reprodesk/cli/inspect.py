@@ -1,9 +1,14 @@
-"""Read-only commands: `read` (the Reader alone), `findings search`, `doctor`."""
+"""Read-only commands: `read` (the Reader alone), `findings search|list|show|export`,
+`doctor`."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from typing import Annotated
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -15,45 +20,232 @@ from reprodesk.settings import load_settings
 
 findings_app = typer.Typer(help="Query the findings memory.", no_args_is_help=True)
 
+if TYPE_CHECKING:
+    from memory.store import Filters, FindingStore
+    from reprodesk.schemas import Finding
+
+PaperOpt = Annotated[
+    str | None, typer.Option("--paper", help="Only this paper: its exact title or source.")
+]
+MechanismOpt = Annotated[
+    str | None, typer.Option("--mechanism", help="Only this mechanism, e.g. mla.")
+]
+VerdictOpt = Annotated[
+    str | None,
+    typer.Option("--verdict", help="reproduced, partial, 'not reproduced' or 'not checkable'."),
+]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="Measured on or after DATE.")]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="Measured on or before DATE.")]
+RunOpt = Annotated[str | None, typer.Option("--run", help="Only this run id.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
+
+# Columns for the finding tables: what is left after these goes to the claim (and run id),
+# which wrap; at 80 columns the claim column is about 40 wide.
+_NUMBERS_WIDTH = 16
+_VERDICT_WIDTH = 10
+
+
+def _store() -> FindingStore:
+    from memory.store import FindingStore
+
+    settings = load_settings()
+    return FindingStore.open(
+        None if settings.chroma_url else settings.home_dir / "memory", url=settings.chroma_url
+    )
+
+
+def _filters(
+    paper: str | None = None,
+    mechanism: str | None = None,
+    verdict: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    run_id: str | None = None,
+) -> Filters:
+    from memory.store import Filters
+
+    filters = Filters(
+        paper=paper, mechanism=mechanism, verdict=verdict, since=since, until=until, run_id=run_id
+    )
+    filters.where()  # bad input is a usage error before anything is opened
+    return filters
+
+
+def _value(value: float | None, unit: str) -> str:
+    return "—" if value is None else f"{value:g} {unit}".strip()
+
+
+def _what(f: Finding) -> Text:
+    """Mechanism and claim, then the run id in full on its own line (folded, never cut)."""
+    text = Text(f.mechanism, style="bold") + Text(f": {f.claim}")
+    text.append("\nrun ", style="dim")
+    text.append(f.run_id or "—", style="cyan")
+    return text
+
+
+def _numbers(f: Finding) -> Text:
+    return Text(f"{_value(f.measured_value, f.unit)}\npaper {_value(f.paper_value, f.unit)}")
+
+
+def _findings_table(first: str, rows: list[tuple[str, Finding]]) -> Table:
+    table = Table(first, "finding", "measured", "verdict", show_lines=True)
+    table.columns[1].overflow = "fold"
+    table.columns[1].ratio = 1
+    table.columns[2].max_width = _NUMBERS_WIDTH
+    table.columns[3].max_width = _VERDICT_WIDTH
+    for lead, f in rows:
+        table.add_row(lead, _what(f), _numbers(f), Text(f.verdict))
+    return table
+
+
+def _dump(findings: list[Finding]) -> list[dict[str, object]]:
+    return [f.model_dump(mode="json") for f in findings]
+
 
 @findings_app.command("search")
 def findings_search(
     query: Annotated[str, typer.Argument(help="What you want to know, in words.")],
     k: Annotated[int, typer.Option("-k", help="How many findings to return.")] = 5,
-    mechanism: Annotated[
-        str | None, typer.Option("--mechanism", help="Only this mechanism, e.g. mla.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    paper: PaperOpt = None,
+    mechanism: MechanismOpt = None,
+    verdict: VerdictOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Search published findings by meaning (offline embeddings)."""
+    """Search published findings by meaning (offline embeddings), closest first."""
     if k < 1:
         raise UserError(f"-k {k}: must be at least 1")
-    from memory import FindingStore
-
-    settings = load_settings()
-    store = FindingStore.open(
-        None if settings.chroma_url else settings.home_dir / "memory", url=settings.chroma_url
-    )
-    hits = store.search(query, k=k, mechanism=mechanism)
+    _filters(paper, mechanism, verdict, since, until)
+    with _store() as store:
+        hits = store.search(
+            query, k=k, paper=paper, mechanism=mechanism, verdict=verdict, since=since, until=until
+        )
     if as_json:
         print(json.dumps([{"score": h.score, **h.finding.model_dump(mode="json")} for h in hits]))
         return
     if not hits:
-        out.print("no findings yet: publish a run first (`reprodesk run ...`)")
+        out.print("no findings match: publish a run first (`reprodesk run ...`)")
         return
-    table = Table("score", "mechanism", "claim", "measured", "paper", "verdict", "run")
-    for h in hits:
-        f = h.finding
-        table.add_row(
-            f"{h.score:.2f}",
-            f.mechanism,
-            f.claim,
-            f"{f.measured_value} {f.unit}".strip() if f.measured_value is not None else "—",
-            f"{f.paper_value} {f.unit}".strip() if f.paper_value is not None else "—",
-            f.verdict,
-            f.run_id,
-        )
-    out.print(table)
+    out.print(_findings_table("score", [(f"{h.score:.2f}", h.finding) for h in hits]))
+
+
+@findings_app.command("list")
+def findings_list(
+    paper: PaperOpt = None,
+    mechanism: MechanismOpt = None,
+    verdict: VerdictOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    run_id: RunOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Published findings, newest first, with exact filters."""
+    if limit < 1:
+        raise UserError(f"--limit {limit}: must be at least 1")
+    filters = _filters(paper, mechanism, verdict, since, until, run_id)
+    with _store() as store:
+        found = store.findings(filters, limit=limit)
+    if as_json:
+        print(json.dumps(_dump(found)))
+        return
+    if not found:
+        out.print("no findings match: publish a run first (`reprodesk run ...`)")
+        return
+    out.print(_findings_table("date", [(f.date, f) for f in found]))
+
+
+@findings_app.command("show")
+def findings_show(
+    ident: Annotated[str, typer.Argument(help="A finding id (RUN:CLAIM) or a run id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Every field of one finding, or of all the findings of one run."""
+    with _store() as store:
+        one = store.get(ident)
+        found = [one] if one is not None else store.findings(_filters(run_id=ident))
+    if not found:
+        raise UserError(f"no finding or run {ident!r} in the findings store at {store.where}")
+    if as_json:
+        print(json.dumps(_dump(found) if one is None else found[0].model_dump(mode="json")))
+        return
+    for i, f in enumerate(found):
+        if i:
+            out.print()
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for name in ("id", "run_id", "paper", "source", "mechanism", "claim", "metric"):
+            grid.add_row(name, Text(str(getattr(f, name))))
+        grid.add_row("measured", Text(_value(f.measured_value, f.unit)))
+        grid.add_row("paper value", Text(_value(f.paper_value, f.unit)))
+        for name in ("verdict", "setup", "evidence", "date"):
+            grid.add_row(name, Text(str(getattr(f, name))))
+        for gotcha in f.gotchas:
+            grid.add_row("gotcha", Text(gotcha))
+        out.print(grid)
+
+
+_CSV_FIELDS = [
+    "id",
+    "run_id",
+    "date",
+    "paper",
+    "source",
+    "mechanism",
+    "claim",
+    "metric",
+    "paper_value",
+    "measured_value",
+    "unit",
+    "verdict",
+    "setup",
+    "evidence",
+    "gotchas",
+]
+
+
+@findings_app.command("export")
+def findings_export(
+    paper: PaperOpt = None,
+    mechanism: MechanismOpt = None,
+    verdict: VerdictOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    run_id: RunOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON, one array (the default).")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV, one row a finding.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """Every matching finding, newest first, as JSON or CSV (gotchas joined by ' | ')."""
+    if as_json and as_csv:
+        raise UserError("--json and --csv: choose one format")
+    filters = _filters(paper, mechanism, verdict, since, until, run_id)
+    with _store() as store:
+        found = store.findings(filters)
+    buffer = io.StringIO()
+    if as_csv:
+        writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for f in found:
+            row = f.model_dump(mode="json")
+            row["gotchas"] = " | ".join(f.gotchas)
+            writer.writerow({key: "" if row[key] is None else row[key] for key in _CSV_FIELDS})
+    else:
+        buffer.write(json.dumps(_dump(found), indent=2) + "\n")
+    if output is None:
+        sys.stdout.write(buffer.getvalue())
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        partial.write_text(buffer.getvalue(), encoding="utf-8")
+        partial.replace(output)  # a reader never sees half a file
+    except OSError as exc:
+        raise UserError(f"--output {output}: {exc.strerror or exc}") from exc
+    err.print(Text(f"{len(found)} findings written to {output}"))
 
 
 def read(
