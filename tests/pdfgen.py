@@ -170,3 +170,34 @@ def _draw(fig: Figure, x: float, y: float, line: str) -> float:
         fig.text(x, y, line, fontsize=8.5)
         return _LEADING
     return 0.6 * _LEADING  # a paragraph gap
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Text at a place on the page: x and y as fractions (y from the bottom), a size in
+    points, bold or not. For pages whose reading order is the trap (a figure's legend
+    above the title)."""
+
+    x: float
+    y: float
+    text: str
+    size: float = 9.0
+    bold: bool = False
+
+
+def make_placed_pdf(path: Path, pages: list[list[Placed]], *, title: str | None = None) -> Path:
+    """Write a PDF whose text is placed item by item, in the order given."""
+    metadata = {"Title": title} if title else {}
+    with matplotlib.rc_context(_RC), PdfPages(path, metadata=metadata) as pdf:
+        for items in pages:
+            fig = Figure(figsize=_LETTER)
+            for item in items:
+                fig.text(
+                    item.x,
+                    item.y,
+                    item.text,
+                    fontsize=item.size,
+                    fontweight="bold" if item.bold else "normal",
+                )
+            pdf.savefig(fig)
+    return path

@@ -70,6 +70,30 @@ _ELSEWHERE = re.compile(
     r"|contributions and acknowledge?ments?)\b",
     re.IGNORECASE,
 )
+# A table-of-contents entry that came out as a heading: "3 Infrastructures 11",
+# "B.1 FP8 v.s. BF16 Training . . . 47"; and the contents page itself.
+_TOC_HEADING = re.compile(
+    r"^(?:(?:table of )?contents|outline)$|^(?:[A-Z]|\d{1,2})(?:\.\d{1,2})*\.?\s+\S.*?\s\d{1,3}$",
+    re.IGNORECASE,
+)
+_LEADERS = re.compile(r"(?:\.\s?){4,}")
+# Appendix sections that show prompts, templates or sample outputs: text the paper
+# quotes as data, not statements about its method.
+_PROMPT_SECTION = re.compile(
+    r"^[A-H](?:\.\d{1,2})*\.?\s+.*\b(?:prompts?|templates?|examples?|samples?|case stud(?:y|ies)|"
+    r"demonstrations?|outputs?)\b",
+    re.IGNORECASE,
+)
+_PROMPT_LINE = re.compile(
+    r"<think>|</think>|<answer>|^(?:user|assistant|system|question|answer|response)\s*:",
+    re.IGNORECASE,
+)
+_CAPTION_START = re.compile(r"^(?:figure|fig\.|table|tab\.)\s*\d+\s*[|:.]", re.IGNORECASE)
+# Words a sentence of prose cannot do without; figure text (labels, legends) has none.
+_FUNCTION_WORDS = re.compile(
+    r"\b(?:the|a|an|of|to|in|is|are|we|and|for|with|on|by|that|this|as|be|it|from|at)\b",
+    re.IGNORECASE,
+)
 _HEADING_LIKE = re.compile(
     r"^(?:\d{1,2}(?:\.\d{1,2}){0,3}|[A-H](?:\.\d{1,2}){0,3})\.?\s+[A-Z][^.!?]*$"
 )
@@ -93,9 +117,31 @@ class Sentence:
     section: str = ""  # the heading it is under, '' for front matter or unsectioned text
 
     @property
+    def kind(self) -> str:
+        """body, or what else it is: toc, prompt, caption, figure (see `sentence_kind`)."""
+        return sentence_kind(self.text, self.section)
+
+    @property
     def elsewhere(self) -> bool:
-        """Under references, related work or acknowledgements: about other work."""
-        return bool(_ELSEWHERE.match(self.section))
+        """Not the paper's own statement about its method: references, related work,
+        acknowledgements, the table of contents, appendix prompt examples, captions and
+        figure text. No claim, quote or evidence of a mechanism comes from it."""
+        return bool(_ELSEWHERE.match(self.section)) or self.kind != "body"
+
+
+def sentence_kind(text: str, section: str = "") -> str:
+    """body, toc (a contents entry), prompt (an appendix prompt or sample output),
+    caption (a figure or table caption) or figure (labels and legends: no prose)."""
+    if _TOC_HEADING.match(section.strip()) or _LEADERS.search(text):
+        return "toc"
+    if _PROMPT_SECTION.match(section.strip()) or _PROMPT_LINE.search(text):
+        return "prompt"
+    if _CAPTION_START.match(text):
+        return "caption"
+    words = re.findall(r"[A-Za-z]{2,}", text)
+    if len(words) >= 6 and len(_FUNCTION_WORDS.findall(text)) * 12 < len(words):
+        return "figure"
+    return "body"
 
 
 def sentences(paper: Paper) -> Iterator[Sentence]:
@@ -226,22 +272,55 @@ def find_mechanisms(all_sentences: list[Sentence], catalog: Iterable[Recipe]) ->
     return sorted(hits, key=lambda h: (-h.score, h.name))
 
 
+_SETUP_SECTION = re.compile(
+    r"hyper-?\s?parameters?|(?:training|model|experimental) (?:setup|settings?|details)|"
+    r"configurations?|implementation details",
+    re.IGNORECASE,
+)
+_SETTING_CUE = re.compile(
+    r"\bis set to\b|\bare set to\b|\bwe set\b|\bwe use\b|\bconsists? of\b|\bcomprises?\b",
+    re.IGNORECASE,
+)
+
+
+def parse_value(text: str) -> float:
+    """A stated number as written: "32,768" -> 32768, "1e-4" -> 0.0001."""
+    return float(text.replace(",", ""))
+
+
 def find_hyperparameters(all_sentences: list[Sentence], recipe: Recipe) -> list[Hyperparameter]:
-    """First statement of each hyperparameter wins: definitions precede ablations."""
+    """The paper's setting of each hyperparameter.
+
+    Where a paper states a value more than once, the configuration wins: a sentence in
+    a hyper-parameters or setup section first, then one that sets it ("is set to",
+    "consists of"), then the first statement (definitions precede ablations). A value
+    in a future-work aside ("only 9 will be activated") is thus not read as the setting.
+    """
     found: list[Hyperparameter] = []
     evidence = [s for s in all_sentences if not s.elsewhere]
     for spec in recipe.hyperparameters:
         patterns = [re.compile(p) for p in spec.patterns]
+        best: tuple[int, Sentence, re.Match[str]] | None = None
         for s in evidence:
             match = next((m for p in patterns if (m := p.search(s.lower))), None)
-            if match:
-                value = float(match.group(1))
-                found.append(
-                    Hyperparameter(
-                        name=spec.name, value=value, quote=Quote(text=s.text, page=s.page)
-                    )
-                )
+            if match is None:
+                continue
+            rank = (
+                0 if _SETUP_SECTION.search(s.section) else 1 if _SETTING_CUE.search(s.text) else 2
+            )
+            if best is None or rank < best[0]:
+                best = (rank, s, match)
+            if rank == 0:
                 break
+        if best is not None:
+            _, s, match = best
+            found.append(
+                Hyperparameter(
+                    name=spec.name,
+                    value=parse_value(match.group(1)),
+                    quote=Quote(text=s.text, page=s.page),
+                )
+            )
     return found
 
 

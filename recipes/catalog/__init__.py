@@ -25,7 +25,10 @@ Args = dict[str, float | int | str]
 Stated = Mapping[str, tuple[float, str]]
 
 # "is set to 128", "to 128", "= 128", "of 128": the ways papers bind a value.
-SET = r"\s*(?:is set to|are set to|is|to|=|of)\s*(\d+(?:\.\d+)?)"
+# The value group takes thousands separators and exponents ("32,768", "1e-4"):
+# `tools.digest.parse_value` reads them.
+NUMBER = r"(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:e-?\d+)?)"
+SET = r"\s*(?:is set to|are set to|is|to|=|of)\s*" + NUMBER
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,9 @@ RECIPE = Recipe(
         ClaimSpec(
             "fp8_fine_grained_lower_gemm_error",
             "the FP8 GEMM with tiles and blocks has a lower relative error than per-tensor",
-            r"relative (?:loss )?error.{0,120}(?:below|less than|under)",
+            # Papers state the training-loss gap (a different claim, not checkable here),
+            # not the GEMM error of tile/block against per-tensor scales.
+            None,
         ),
         ClaimSpec(
             "fp8_e4m3_beats_e5m2_fine_grained",

@@ -234,7 +234,8 @@ RECIPE = Recipe(
         ClaimSpec(
             "mtp_second_token_acceptance",
             "the depth-1 MTP draft of the second token is accepted 85-90% of the time",
-            r"acceptance rate",
+            # The sentence that gives the rate, not one that only names it.
+            r"acceptance rate.{0,100}\d+(?:\.\d+)?\s?%",
         ),
     ),
     typical_s=4.4,

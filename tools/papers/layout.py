@@ -58,7 +58,8 @@ _NAMED = re.compile(
 _APPENDIX = re.compile(r"^appendix\s+[A-Z](?:[.:]|\s)\s*\S.*$", re.IGNORECASE)
 _REFERENCES = re.compile(r"^(?:\d{1,2}\.?\s+)?(?:references|bibliography)$", re.IGNORECASE)
 _REF_MARKER = re.compile(r"^\s*(?:\[\d{1,4}\]|\d{1,4}\.)\s+")
-_CAPTION = re.compile(r"^table\s+[A-Z]?\d{1,3}\s*[:.]", re.IGNORECASE)
+# "Table 1:", "Table 1." and "Table 1 |", as DeepSeek's reports set it.
+_CAPTION = re.compile(r"^table\s+[A-Z]?\d{1,3}\s*[:.|]", re.IGNORECASE)
 _AUTHOR_NOISE = re.compile(r"[\d*†‡§¶∗⋆♠♣♦♥]+")
 _NAME = r"[A-Z][\w'’-]*\.?(?:\s+[A-Z][\w'’-]*\.?)+"
 _NAME_LIST = re.compile(rf"^{_NAME}(?:\s*(?:,|\band\b|&)\s*(?:and\s+)?{_NAME})*$")
@@ -431,16 +432,22 @@ def _join_hyphenated(lines: Iterable[str]) -> str:
 
 
 def _title_lines(front: list[Line], body: float) -> list[Line]:
-    """The largest text near the top of page 1, when it is clearly larger than the body."""
-    if not front:
+    """The largest words on page 1, when clearly larger than the body.
+
+    The whole page is searched, not its first lines in reading order: a figure at the
+    top of page 1 puts its legend and labels (set larger than the body, smaller than the
+    title) before the title, and the title must not become a legend entry. A line with
+    fewer than two words of letters (a number, an axis tick) is never a title.
+    """
+    words = [line for line in front if len(re.findall(r"[A-Za-z]{2,}", line.text)) >= 2]
+    if not words:
         return []
-    top = front[: max(8, len(front) // 3)]
-    biggest = max(line.size for line in top)
+    biggest = max(line.size for line in words)
     if biggest < body * 1.25:
         return []
-    start = next(i for i, line in enumerate(top) if line.size == biggest)
-    chosen = [top[start]]
-    for line in top[start + 1 :]:
+    start = next(i for i, line in enumerate(front) if line in words and line.size == biggest)
+    chosen = [front[start]]
+    for line in front[start + 1 :]:
         if abs(line.size - biggest) > 0.3:
             break
         chosen.append(line)
