@@ -303,6 +303,13 @@ def _expectation(s: MechanismSection, base: str, stat: str, order: list[str], f:
                 + " < ".join(order)
                 + "."
             )
+        else:
+            f.shows.append(
+                "The order by time follows the order by cache size (smallest first: "
+                + " < ".join(by_size)
+                + "), as a memory-bound decode step would; at this size the gaps may still "
+                "be noise (see above)."
+            )
     for v, values in variants.items():
         for k in values:
             alt = re.fullmatch(rf"(\w+)_{base}_mean", k)
@@ -317,6 +324,16 @@ def _expectation(s: MechanismSection, base: str, stat: str, order: list[str], f:
             f.shows.append(
                 f"{v} was also timed in its {form} form: {alt_ms} ms per step against {main_ms} ms "
                 f"for the {main_form} form (means)."
+            )
+            faster = float(values[k]) < float(values[f"{base}_mean"])
+            alt_ms = s.measured(f"{key}.analysis.{v}.{form}", f"variants.{v}.{k}", "ms")
+            main_ms = s.measured(
+                f"{key}.analysis.{v}.{main_form}", f"variants.{v}.{base}_mean", "ms"
+            )
+            f.gotchas.append(
+                f"From this run: {v}'s {form} form was {'faster' if faster else 'slower'} than "
+                f"its {main_form} form ({alt_ms} vs {main_ms} ms per step, means). Which form "
+                "wins depends on sizes and hardware: time the form you will deploy."
             )
 
 
