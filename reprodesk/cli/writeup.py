@@ -78,19 +78,28 @@ def export(
         str,
         typer.Option("--lang", help="Comma list of en, zh: zh also writes writeup.zh.md."),
     ] = "en",
+    as_csv: Annotated[
+        bool,
+        typer.Option("--csv", help="Every job's variants and grid rows, with the environment."),
+    ] = False,
 ) -> None:
     """Export a write-up to share: `--lang en,zh` writes writeup.zh.md (same numbers),
-    `--html` one self-contained writeup[.zh].html per language, into the run folder."""
+    `--html` one self-contained writeup[.zh].html per language, `--csv` profile.csv and
+    profile.json (the measurements with their environment), into the run folder."""
     langs = [x.strip() for x in lang.split(",") if x.strip()]
     unknown = [x for x in langs if x not in ("en", "zh")]
     if unknown or not langs:
         raise UserError(f"--lang {lang}: give en, zh or en,zh")
-    if not as_html and langs == ["en"]:
-        raise UserError("export: give --html, or --lang en,zh for the Chinese write-up")
+    if not as_html and not as_csv and langs == ["en"]:
+        raise UserError("export: give --html, --csv, or --lang en,zh for the Chinese write-up")
+    from tools import profile_table
     from tools.export import export_html
     from tools.zh import translate
 
     folder = _folder(run_id)
+    if as_csv:
+        for path in profile_table.write(folder):
+            say(str(path))
     for code in langs:
         if code == "zh":
             target = folder / "writeup.zh.md"

@@ -149,3 +149,19 @@ def test_publish_refuses_a_pasted_key_and_publishes_an_honest_edit(tmp_path: Pat
 def test_verify_markdown_without_a_folder_skips_figures() -> None:
     report = verify_markdown("![f](figures/none.png) plain text", [])
     assert report.ok and report.figures == 0
+
+
+def test_profile_csv_and_json_carry_every_job_with_its_environment(published: Path) -> None:
+    from tools import profile_table
+
+    csv_path, json_path = profile_table.write(published)
+    table = json.loads(json_path.read_text())
+    jobs = {p.name for p in (published / "results").iterdir() if (p / "metrics.json").is_file()}
+    assert {row["job"] for row in table["rows"]} == jobs
+    assert all(row["env.torch"] == "fake" and row["env.device"] == "cpu" for row in table["rows"])
+    grid = [row for row in table["rows"] if row["source"].startswith("grid.")]
+    assert grid and all("seq_len" in row for row in grid)
+    header = csv_path.read_text().splitlines()[0].split(",")
+    assert header == table["columns"] and len(csv_path.read_text().splitlines()) == 1 + len(
+        table["rows"]
+    )
