@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
+from agents.offline.profile_notes import arithmetic, discipline
 from reprodesk.state import JobRecord
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def analyse(s: MechanismSection) -> Findings:
         f"Main job (`{s.main.key}`): {stat_word} {base.replace('_ms', '')} time per step, fastest "
         f"first: {ranked}."
     )
+    f.shows += discipline(s, base)
 
     # Spread: std against the mean, and against the gap between neighbours in the ranking.
     worst = max(
@@ -237,11 +239,13 @@ def _grid(s: MechanismSection, base: str, f: Findings) -> None:
             def flip(a: str = a, b: str = b) -> str:
                 at_lo = "faster" if mean[(a, lo)] < mean[(b, lo)] else "slower"
                 at_hi = "faster" if at_lo == "slower" else "slower"
+                slow, fast = (a, b) if at_hi == "slower" else (b, a)
                 return (
                     f"the ranking flips across the grid: {a} is {at_lo} than {b} at {x_name} "
                     f"{x_(lo)} ({at(a, lo)} vs {at(b, lo)} ms) but {at_hi} at {x_(hi)} "
-                    f"({at(a, hi)} vs {at(b, hi)} ms)"
-                )
+                    f"({at(a, hi)} vs {at(b, hi)} ms), so {slow}'s step grows faster with "
+                    f"{x_name}.{arithmetic(s, fast, slow)}"
+                ).rstrip(".")
 
             text = flip()
             f.shows.append(text[0].upper() + text[1:] + ".")
@@ -283,7 +287,8 @@ def _expectation(s: MechanismSection, base: str, stat: str, order: list[str], f:
 
             text = (
                 f"Against the expectation from the cache sizes: {a} caches {ratio()}× less than "
-                f"{b} per token, yet its step is slower here ({ms(a)} vs {ms(b)} ms). A decode "
+                f"{b} per token, yet its step is slower here ({ms(a)} vs {ms(b)} ms)."
+                f"{arithmetic(s, b, a)} A decode "
                 "step that reads less cache is faster only when reading the cache is what it "
                 "waits for; this toy-size CPU run is not in that regime, so its latency says "
                 "nothing about a throughput claim at full scale."

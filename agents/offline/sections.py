@@ -13,6 +13,7 @@ from typing import Any
 
 from agents.offline.analysis import Findings, analyse
 from agents.offline.cells import cell, excerpt, is_number, metric_at, stated_in, written_as
+from agents.offline.profile_notes import where_time_goes
 
 __all__ = ["Context", "MechanismSection", "cell", "is_number", "metric_at", "stated_in"]
 from reprodesk.plan import MechanismPlan, PlanClaim
@@ -263,6 +264,7 @@ class MechanismSection:
             lines += ["### What the measurements show", ""]
             lines += [f"- {text}" for text in self.analysis.shows]
             lines.append("")
+        lines += where_time_goes(self)
         lines += self._figures()
         if m.gotchas or self.analysis.gotchas:
             lines += ["### Gotchas", ""]
