@@ -23,7 +23,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from reprodesk.cli import inspect, writeup
+from reprodesk.cli import desk, inspect, writeup
 from reprodesk.cli.asking import ask, before_code, read_edits
 from reprodesk.cli.render import err, out, resume_hint, say, show_code, show_question
 from reprodesk.cli.sandbox import sandbox_app
@@ -54,6 +54,8 @@ app.command()(inspect.doctor)
 app.command()(writeup.verify)
 app.command()(writeup.export)
 app.command()(writeup.show)
+app.command()(desk.desk)
+app.command()(desk.watch)
 
 
 @dataclass

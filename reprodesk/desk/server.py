@@ -20,6 +20,7 @@ class DeskServer:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
+        self.sock.listen(128)  # connections queue from now on: the printed URL works at once
         self.host, self.port = host, int(self.sock.getsockname()[1])
         names = {self.host, "127.0.0.1", "localhost"} if host == "127.0.0.1" else {self.host}
         self.desk = Desk(app, token or new_token(), hosts={f"{n}:{self.port}" for n in names})
