@@ -34,9 +34,13 @@ def unsupported_message(plan: Plan, mode: str) -> str:
     if mode == "offline":
         return (
             f"{lead}; offline mode reproduces catalog recipes only: add a recipe under "
-            "recipes/ (see recipes/README.md). LLM-backed agents are not in this version"
+            "recipes/ (see recipes/README.md), or let a model write the code: rerun with "
+            "--llm deepseek (or openai, mimo, ollama, llamacpp; see the README)"
         )
-    return f"{lead} in mode {mode}"
+    return (
+        f"{lead} in mode {mode}: the model's plan quoted no claim the paper states (see the "
+        "plan's notes); try a stronger Reader model (REPRODESK_LLM_AGENTS) or add a recipe"
+    )
 
 
 def make_reader(deps: Deps) -> Callable[[RunState], dict[str, Any]]:

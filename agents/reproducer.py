@@ -28,8 +28,12 @@ def make_reproducer(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
         work = dict(state.work)
         for mech in state.plan.to_reproduce():
             w = work.get(mech.key) or MechanismRun(key=mech.key)
-            if w.reproduction is None:
-                w = w.model_copy(update={"reproduction": policy.propose(mech, state.paper)})
+            if w.reproduction is None and not w.gave_up:
+                first = policy.propose(mech, state.paper)
+                if isinstance(first, str):  # e.g. a model that returned no usable code
+                    w = w.model_copy(update={"gave_up": first})
+                else:
+                    w = w.model_copy(update={"reproduction": first})
             elif w.status == "retry":
                 last = (
                     f"revision requested: {w.revision}"

@@ -89,12 +89,25 @@ class _LazySandbox:
             close()
 
 
+def _policies(settings: Settings, home: Path, limits: Limits) -> Any:
+    """Offline (the catalog), or LLM policies over models built here, once."""
+    from agents.policies import offline_policies
+    from reprodesk.models import llm_enabled
+
+    if not llm_enabled(settings):
+        return offline_policies(limits)
+    from agents.llm import llm_policies  # langchain-openai only in an LLM mode
+    from reprodesk.models import build_models
+
+    models = build_models(settings, home)
+    return llm_policies(models, limits, fallback=settings.llm_fallback == "offline")
+
+
 def build_app(
     settings: Settings, *, sandbox: Any = None, policies: Any = None, store: Any = None
 ) -> App:
     """Deps, checkpointer, graph and `Runs` for `settings`; tests may pass fakes in."""
     from agents.deps import Deps
-    from agents.policies import offline_policies
     from graphs.graph import build_graph, open_checkpointer
     from graphs.runs import Runs
     from sandbox.ledger import Ledger
@@ -125,7 +138,7 @@ def build_app(
         sandbox=cast("Sandbox", box),
         ledger=Ledger(home / "ledger.sqlite"),
         open_store=open_store,
-        policies=policies if policies is not None else offline_policies(limits),
+        policies=policies if policies is not None else _policies(settings, home, limits),
     )
     graph = build_graph(deps, open_checkpointer(home / "runs.sqlite", settings.database_url))
     app = App(settings=settings, deps=deps, graph=graph, runs=Runs(graph, deps))

@@ -23,13 +23,41 @@ class Settings(BaseSettings):
         default=Path("~/.reprodesk"),
         description="Runs database, memory, caches and published runs live here.",
     )
-    llm: Literal["auto", "offline", "openai"] = Field(
+    llm: str = Field(
         default="auto",
-        description="auto: offline unless an endpoint is configured; offline: catalog only.",
+        description="auto: offline unless an endpoint is configured; offline: catalog only; "
+        "or a preset (reprodesk.models.PRESETS: openai, deepseek, mimo, ollama, vllm, "
+        "llamacpp, compatible) for LLM-backed agents.",
     )
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint.")
     llm_api_key: SecretStr | None = Field(default=None, description="Never enters a sandbox.")
-    llm_model: str = "deepseek-chat"
+    llm_model: str | None = Field(default=None, description="Default: the preset's model.")
+    llm_temperature: float = Field(default=0.0, ge=0)
+    llm_timeout_s: float = Field(default=120.0, gt=0, description="One request, at most.")
+    llm_max_retries: int = Field(
+        default=2, ge=0, description="Retries of a request that is refused, rate-limited or stalls."
+    )
+    llm_call_tokens: int = Field(default=4096, gt=0, description="max_tokens of one request.")
+    llm_context_chars: int = Field(
+        default=48_000, gt=0, description="Most paper/code text one prompt carries."
+    )
+    llm_agents: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Per-agent overrides, JSON, e.g. \'{"reader": {"model": "deepseek-chat"}, '
+        '"reproducer": {"model": "deepseek-reasoner"}}\' (keys: model, base_url, '
+        "temperature, timeout_s, call_tokens).",
+    )
+    llm_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="USD per million (input, output) tokens per model, for --max-cost.",
+    )
+    llm_fallback: Literal["none", "offline"] = Field(
+        default="none",
+        description="offline: when the endpoint fails, continue with the catalog where it "
+        "knows the mechanism.",
+    )
+    max_tokens: int | None = Field(default=None, gt=0, description="Token budget of a run.")
+    max_cost: float | None = Field(default=None, gt=0, description="USD budget of a run.")
     sandbox: SandboxName = Field(
         default="auto", description="auto picks the strongest backend that works here."
     )

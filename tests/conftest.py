@@ -35,6 +35,27 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
+# Provider keys a test could reach a real provider with (reprodesk.models.PROVIDER_KEY_VARS
+# and more), spelled out so that conftest imports no model code.
+_PROVIDER_KEYS = (
+    "OPENAI_API_KEY",
+    "DEEPSEEK_API_KEY",
+    "MIMO_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "OPENAI_BASE_URL",
+    "REPRODESK_LLM_API_KEY",
+    "REPRODESK_LLM_BASE_URL",
+    "REPRODESK_LLM",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_provider_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test can authenticate to a real provider, whatever the developer's shell holds."""
+    for var in _PROVIDER_KEYS:
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def home(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A fresh REPRODESK_HOME; the user's real home is never touched."""

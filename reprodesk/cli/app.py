@@ -77,11 +77,13 @@ def _root(
 
 def _settings(**overrides: Any) -> Settings:
     settings = load_settings(**overrides)
-    if settings.llm == "openai":
-        raise UserError(
-            "--llm openai: LLM-backed agents are not available in this version; "
-            "use --llm offline (the recipe catalog)"
-        )
+    if settings.llm not in ("auto", "offline"):
+        from reprodesk.models import PRESETS
+
+        if settings.llm not in PRESETS:
+            raise UserError(
+                f"--llm '{settings.llm}': expected offline, auto or a preset ({', '.join(PRESETS)})"
+            )
     return settings
 
 
@@ -173,7 +175,29 @@ def run(
     ] = None,
     llm: Annotated[
         str | None,
-        typer.Option("--llm", help="offline (recipe catalog) or auto.", metavar="MODE"),
+        typer.Option(
+            "--llm",
+            help="offline (recipe catalog), auto (an LLM when REPRODESK_LLM_BASE_URL is set) "
+            "or a preset: openai, deepseek, mimo, ollama, vllm, llamacpp, compatible.",
+            metavar="MODE",
+        ),
+    ] = None,
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            "--fallback",
+            help="offline: when the endpoint fails, go on with the catalog where it knows "
+            "the mechanism.",
+            metavar="MODE",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option("--max-tokens", help="Stop the run once it has spent this many tokens."),
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option("--max-cost", help="Stop the run once it has spent this many USD."),
     ] = None,
     sandbox: Annotated[
         str | None,
@@ -196,11 +220,17 @@ def run(
     from tools.papers import load_paper
     from tools.papers.fetch import Fetcher
 
-    if llm is not None and llm not in ("offline", "auto", "openai"):
-        raise UserError(f"--llm '{llm}': expected offline or auto")
+    if fallback is not None and fallback not in ("offline", "none"):
+        raise UserError(f"--fallback '{fallback}': expected offline or none")
     if sandbox is not None and sandbox not in SANDBOX_NAMES:
         raise UserError(f"--sandbox '{sandbox}': expected one of {', '.join(SANDBOX_NAMES)}")
-    settings = _settings(llm=llm, sandbox=sandbox)
+    settings = _settings(
+        llm=llm,
+        sandbox=sandbox,
+        llm_fallback=fallback,
+        max_tokens=max_tokens,
+        max_cost=max_cost,
+    )
     known = _known_mechanisms()
     for name in mechanism or []:
         if name not in known:
