@@ -67,3 +67,42 @@ def stated_in(quote: Quote, value: float) -> tuple[str, float] | None:
         if abs(stated - value) <= 0.5 * 10.0**-decimals / scale + 1e-12:
             return number, stated
     return None
+
+
+def evaluate(formula: str, values: dict[str, float]) -> float:
+    """A recipe's claim formula ("(d_c + d_rope) / (2 * d_head)") at the given values.
+
+    Only numbers, names, + - * / and parentheses: the formula comes from a job's output,
+    which is data, never code. A name without a value raises KeyError(name).
+    """
+    import ast
+    import operator
+
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+    ops[ast.Div] = operator.truediv
+
+    def walk(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.Name):
+            return values[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -walk(node.operand)
+        raise ValueError(f"not an arithmetic formula: {formula!r}")
+
+    return walk(ast.parse(formula, mode="eval"))
+
+
+def formula_names(formula: str) -> list[str]:
+    """The names a formula uses, in order of first use."""
+    import ast
+
+    return list(
+        dict.fromkeys(
+            n.id for n in ast.walk(ast.parse(formula, mode="eval")) if isinstance(n, ast.Name)
+        )
+    )

@@ -12,13 +12,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.offline.analysis import Findings, analyse
-from agents.offline.cells import cell, excerpt, is_number, metric_at, stated_in, written_as
+from agents.offline.cells import (
+    cell,
+    evaluate,
+    excerpt,
+    formula_names,
+    is_number,
+    metric_at,
+    stated_in,
+    written_as,
+)
 from agents.offline.profile_notes import where_time_goes
 
 __all__ = ["Context", "MechanismSection", "cell", "is_number", "metric_at", "stated_in"]
 from reprodesk.plan import MechanismPlan, PlanClaim
 from reprodesk.results import ClaimResult, RecipeResult
-from reprodesk.schemas import Figure, Finding, Quote
+from reprodesk.schemas import Figure, Finding, Hyperparameter, Quote
 from reprodesk.state import JobRecord, MechanismRun
 from tools.evidence import EvidenceBook
 
@@ -157,15 +166,82 @@ class MechanismSection:
                 f"{claim.id}.paper.excerpt", Quote(text=shown_quote, page=quote.page)
             )
             return f"{shown} | paper, {self.ctx.at}{quote.page}: “{shown_quote}”", ""
+        derived = self._derived_cell(claim)
+        if derived is not None:
+            return derived
         expected = self._expected(claim, "at our scale")
         why = (
             "the sentence that states it prints no value for it"
             if quote is not None
             else "the paper states no value for it"
         )
+        missing = self._missing_inputs(claim)
+        if missing:
+            why += "; it cannot be computed either: the paper does not state " + ", ".join(
+                f"`{name}`" for name in missing
+            )
         return (
             "not stated | —",
             f" (against {expected}, the recipe's expectation at our scale; {why})",
+        )
+
+    def _stated_values(self) -> dict[str, Hyperparameter]:
+        return {h.name: h for h in self.mech.hyperparameters}
+
+    def _missing_inputs(self, claim: ClaimResult) -> list[str]:
+        formula = (claim.model_extra or {}).get("formula")
+        if not isinstance(formula, str):
+            return []
+        stated = self._stated_values()
+        return [n for n in formula_names(formula) if n not in stated]
+
+    def _derived_cell(self, claim: ClaimResult) -> tuple[str, str] | None:
+        """An arithmetic claim computed from the paper's own stated values, with its formula.
+
+        The recipe names the formula (`formula` in its claim, over its argument names);
+        the values are the hyperparameters the Reader found, each with its sentence.
+        """
+        formula = (claim.model_extra or {}).get("formula")
+        if not isinstance(formula, str):
+            return None
+        stated = self._stated_values()
+        try:
+            names = formula_names(formula)
+            if any(n not in stated for n in names):
+                return None
+            value = evaluate(formula, {n: stated[n].value for n in names})
+        except (ValueError, SyntaxError, ZeroDivisionError):
+            return None
+        book, at = self.ctx.book, self.ctx.at
+        inputs = ", ".join(
+            f"{n} = "
+            + book.paper(
+                f"{claim.id}.input.{n}",
+                stated[n].value,
+                "",
+                stated[n].quote,
+                written_as(stated[n].quote, stated[n].value),
+            )
+            + f" ({at}{stated[n].quote.page})"
+            for n in names
+        )
+        shown = book.derived(
+            f"{claim.id}.derived",
+            value,
+            claim.unit,
+            formula=f"{formula} with the paper's stated values",
+            percent=claim.unit == "ratio",
+        )
+        note = ""
+        if abs(value - claim.paper_value) > 1e-9 * max(1.0, abs(value)):
+            ours = self._expected(claim, "at our scale")
+            note = (
+                f" (our scale's expectation is {ours}: the run does not keep the paper's "
+                "ratios for this claim)"
+            )
+        return (
+            f"{shown} | derived from the paper's stated values: `{formula}` with {inputs}",
+            note,
         )
 
     def _spread(self, cid: str, unit: str, runs: list[JobRecord]) -> str:
