@@ -3,9 +3,20 @@ and that a clean draft is approved. Drafts are built with the real EvidenceBook.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from agents.offline.critic import review
-from reprodesk.schemas import Draft, Quote
+from agents.policies import offline_policies
+from reprodesk.compose import build_app
+from reprodesk.schemas import Draft, Job, Limits, Quote, RunResult
+from reprodesk.settings import Settings
+from tests.fakes import FakeSandbox, ListStore, canned_metrics
 from tools.evidence import EvidenceBook
+from tools.papers import load_paper
+from tools.verify import verify_run
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _draft(extra: str = "", *, noisy: bool = False, finance: str | None = None) -> Draft:
@@ -105,3 +116,46 @@ def test_finance_angle_without_numbers_or_extrapolation_caveat_is_sent_back() ->
     )
     critique = review(book_draft.model_copy(update={"markdown": unqualified}), 1)
     assert any(p.rubric == "scale honesty" and p.severity == "major" for p in critique.points)
+
+
+def test_revise_goes_back_to_the_writer_bounded_and_the_open_points_are_published(
+    tmp_path: Path,
+) -> None:
+    """A comparison that cannot fail (measured 0 against a baseline of 0) is a major
+    finding: the draft goes back to the Writer, which prints the open points; after the
+    policy's rounds the human sees them, and the published write-up still verifies."""
+
+    def degenerate(job: Job, n: int) -> RunResult | None:
+        if job.argv[1] != "deepseek_moe.py":
+            return None
+        metrics = canned_metrics(job.argv[1], job.argv)
+        for c in metrics["claims"]:
+            if c["id"] == "bias_lowers_maxvio":
+                c.update(reference="baseline", paper_value=0.0, measured_value=0.0)
+        return RunResult(
+            status="ok",
+            exit_code=0,
+            message="exit code 0",
+            stdout=json.dumps(metrics) + "\n",
+            duration_s=0.01,
+            metrics=metrics,
+            backend="fake",
+        )
+
+    app = build_app(
+        Settings(home=tmp_path / "home", gates=[]),  # type: ignore[arg-type]
+        sandbox=FakeSandbox(respond=degenerate),
+        policies=offline_policies(Limits()),
+        store=ListStore(),
+    )
+    paper = load_paper(str(EXAMPLES / "deepseek_moe_note.md"))
+    *_, last = app.runs.start(paper, policy=app.policy(), run_id="m")
+    assert last.view is not None and last.view.status == "published"
+    folder = tmp_path / "home" / "runs" / "m"
+    critique = json.loads((folder / "critique.json").read_text())
+    assert critique["verdict"] == "revise" and critique["round"] == app.policy().max_critic_rounds
+    major = [p for p in critique["points"] if p["severity"] == "major"]
+    assert major and "cannot fail" in major[0]["finding"]
+    md = (folder / "writeup.md").read_text()
+    assert "## Open review points" in md and "cannot fail" in md
+    assert verify_run(folder).ok
