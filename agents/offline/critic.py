@@ -187,6 +187,14 @@ def rubric(draft: Draft) -> list[ReviewPoint]:
                 "this run's latencies are noise (the draft says so): they neither rank the "
                 "variants nor size a deployment",
             )
+        elif "Neighbours in the ranking are not separated" in md:
+            add(
+                "operations",
+                "note",
+                "latencies come from this machine at toy scale: they rank only the variants "
+                "whose gaps exceed the spread (the draft names the ties), and they are not "
+                "capacity figures",
+            )
         else:
             add(
                 "operations",
