@@ -100,6 +100,14 @@ def rubric(draft: Draft) -> list[ReviewPoint]:
             if not _VERDICT.search(row) and "no claim of the paper checked" not in row:
                 add("evidence", "blocker", "a claim without a verdict", _quote(row))
 
+    figures = {f.name: f for f in draft.figures}
+    for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", md):
+        spec = figures.get(target.removeprefix("figures/"))
+        if spec is None:
+            add("evidence", "blocker", "an embedded figure the run does not draw", target)
+        elif not any(points for points in spec.series.values()):
+            add("evidence", "blocker", "a figure with no data", target)
+
     # ---- scale honesty
     for part in mechanisms:
         name = part.split("\n", 1)[0]

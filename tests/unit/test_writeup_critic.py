@@ -9,7 +9,7 @@ from pathlib import Path
 from agents.offline.critic import review
 from agents.policies import offline_policies
 from reprodesk.compose import build_app
-from reprodesk.schemas import Draft, Job, Limits, Quote, RunResult
+from reprodesk.schemas import Draft, Figure, Job, Limits, Quote, RunResult
 from reprodesk.settings import Settings
 from tests.fakes import FakeSandbox, ListStore, canned_metrics
 from tools.evidence import EvidenceBook
@@ -95,6 +95,17 @@ def test_card_numbers_need_luhn_hosts_and_mail_are_blocked() -> None:
     host = review(_draft("Served from gpu07.risk.corp by jane.doe@bank.example.com."), 1)
     found = {p.finding.split(";")[0] for p in host.points if p.rubric == "shareability"}
     assert found == {"contains an internal host name", "contains an e-mail address"}
+
+
+def test_a_figure_the_run_does_not_draw_or_draws_empty_is_blocked() -> None:
+    critique = review(_draft("![pasted](figures/pasted.png)"), 1)
+    assert [p.text for p in critique.points if p.severity == "blocker"] == ["figures/pasted.png"]
+    draft = _draft("![g](figures/g.png)")
+    empty = Figure(name="g.png", title="t", xlabel="x", ylabel="y", series={"a": []})
+    blocked = review(draft.model_copy(update={"figures": [empty]}), 1)
+    assert any(p.finding == "a figure with no data" for p in blocked.points)
+    drawn = empty.model_copy(update={"series": {"a": [(1.0, 2.0)]}})
+    assert review(draft.model_copy(update={"figures": [drawn]}), 1).approved
 
 
 def test_untraced_number_is_a_blocker_quoting_its_line() -> None:
