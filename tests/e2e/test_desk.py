@@ -136,6 +136,8 @@ def test_code_gate_shows_code_limits_and_recipe_diff(page: Any) -> None:
     assert "mla.py" in job.inner_text() and "limits:" in job.inner_text()
     assert job.locator(".hl").count() >= 1  # highlighted code
     assert "identical to recipes/mla.py" in job.inner_text() or job.locator(".diff").count()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "code-gate.png"))
 
 
 def test_approve_by_a_click_reaches_the_publish_gate(page: Any, desk: DeskServer) -> None:
@@ -205,6 +207,8 @@ def test_writeup_shows_every_figure_and_links_numbers(page: Any, desk: DeskServe
         page.locator(f"#writeup tr[id='{h[1:]}']").count() == 1 for h in links[:20]
     )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("() => document.querySelector('#writeup img').scrollIntoView()")
+    page.evaluate("() => window.scrollBy(0, -120)")  # the figure with the text above it
     page.screenshot(path=str(ARTIFACTS / "writeup.png"))
     assert (ARTIFACTS / "writeup.png").stat().st_size > 1000
 
