@@ -90,3 +90,18 @@ def test_a_plan_file_that_does_not_validate_leaves_the_run_paused(tmp_path: Path
     bad.write_text("{not json")
     assert "not JSON" in cli(home, "resume", "p", "--plan", str(bad), env=env).stderr
     assert "paused at the plan gate" in cli(home, "runs", env=env).stdout
+
+
+def test_gc_removes_what_dead_runs_left(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    jobs = home / "cache" / "jobs"
+    dead = jobs / "job-left-by-a-killed-run"
+    (dead / "job" / "out").mkdir(parents=True)
+    (dead / "job" / "out" / "big.bin").write_bytes(b"\0" * 4096)
+    (dead / "job" / "out").chmod(0o500)  # what a job may leave: a folder it cannot write
+    unrelated = jobs.parent / "papers"
+    unrelated.mkdir()
+    proc = cli(home, "gc")
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 1 job folder" in proc.stdout
+    assert not dead.exists() and unrelated.is_dir()  # only job folders, only under jobs/
