@@ -187,7 +187,8 @@ def analyse(s: MechanismSection) -> Findings:
 
 def _grid(s: MechanismSection, base: str, f: Findings) -> None:
     """Rankings along the grid (mean over the profiler's seeds), flips and growth."""
-    y = f"{base}_mean"
+    rows = [r for rec in s.work.profile for r in (rec.parsed.grid if rec.parsed else [])]
+    y = f"{base}_median" if rows and all(f"{base}_median" in r for r in rows) else f"{base}_mean"
     points: dict[tuple[str, float], list[float]] = {}
     x_name = ""
     for record in s.work.profile:
@@ -231,9 +232,8 @@ def _grid(s: MechanismSection, base: str, f: Findings) -> None:
             )
             growth.append(f"{v} {at(v, lo)} → {at(v, hi)} ms (×{g})")
     f.shows.append(
-        f"Along the grid ({x_name} {x_(lo)} to {x_(hi)}, mean over seeds): "
-        + "; ".join(growth)
-        + "."
+        f"Along the grid ({x_name} {x_(lo)} to {x_(hi)}, {y.rsplit('_', 1)[1]} per seed, "
+        "mean over seeds): " + "; ".join(growth) + "."
     )
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
