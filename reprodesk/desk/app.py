@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
@@ -42,12 +42,19 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
+from graphs.lease import RunBusy
 from graphs.runs import check_run_id
 from reprodesk.desk import material
 from reprodesk.desk.drive import Drivers
 from reprodesk.schemas import UserError
 
 COOKIE = "reprodesk_desk"
+# The pages need no script at all: should anything slip past escaping, it cannot run;
+# no other site may frame the page or receive its forms.
+CSP = (
+    "default-src 'none'; script-src 'none'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -75,7 +82,7 @@ class Desk:
 
     def page(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = self.env.get_template(name).render(**context)
-        return HTMLResponse(html, status_code=status_code)
+        return HTMLResponse(html, status_code=status_code, headers={"Content-Security-Policy": CSP})
 
     def refuse(self, status_code: int, message: str) -> Response:
         return self.page("error.html", status_code, message=message)
@@ -92,9 +99,7 @@ class Desk:
         if request.method == "GET" and query_token is not None and self._authorised(request):
             # Trade the URL's token for a cookie, then drop it from the address bar.
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            target = request.url.path + (
-                "?" + "&".join(f"{k}={quote(v)}" for k, v in rest) if rest else ""
-            )
+            target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
             response = RedirectResponse(target, status_code=303)
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", path="/")
             return response
@@ -116,8 +121,10 @@ class Desk:
             request.state.form = form
         try:
             return await handler(request)
+        except RunBusy as exc:
+            return self.refuse(409, " ".join(str(exc).split()))
         except UserError as exc:
-            return self.refuse(409 if "driven by" in str(exc) else 400, " ".join(str(exc).split()))
+            return self.refuse(400, " ".join(str(exc).split()))
 
     def route(self, path: str, fn: Callable[..., Any], methods: list[str]) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -186,9 +193,14 @@ class Desk:
         form: dict[str, str] = request.state.form
         action = form.get("action", "")
         reason = form.get("reason", "").strip()
+        self.drivers.check_free(run_id)  # before reading where it stands: it is moving
         view = self.runs.status(run_id)
         decision: dict[str, Any]
-        if action == "approve":
+        if view.gate is None:
+            if action != "continue":
+                raise UserError(f"run '{run_id}' waits at no gate ({view.status})")
+            decision = {}  # interrupted mid-step: continue from the last checkpoint
+        elif action == "approve":
             decision = {"approve": True}
         elif action == "revise":
             if not reason:

@@ -60,16 +60,24 @@ class Drivers:
             thread = self._threads.get(run_id)
             return thread is not None and thread.is_alive()
 
+    def check_free(self, run_id: str) -> None:
+        """RunBusy naming this desk's drive of `run_id`, if one is going."""
+        with self._lock:
+            self._check_free(run_id)
+
+    def _check_free(self, run_id: str) -> None:
+        thread = self._threads.get(run_id)
+        if thread is not None and thread.is_alive():
+            raise RunBusy(
+                f"run '{run_id}' is being driven by {self._drives[run_id].holder}; "
+                "wait for it to pause or end"
+            )
+
     def start(self, run_id: str, action: str, events: Callable[[], Iterator[Any]]) -> Drive:
         """Check nobody drives `run_id`, make its events (the decision's checks run here,
         in the caller), and drive them in a new thread."""
         with self._lock:
-            thread = self._threads.get(run_id)
-            if thread is not None and thread.is_alive():
-                raise RunBusy(
-                    f"run '{run_id}' is being driven by {self._drives[run_id].holder}; "
-                    "wait for it to pause or end"
-                )
+            self._check_free(run_id)
             # Another process (a CLI resume) may hold the lease: say so now, not in a thread.
             with Lease(self.runs.home, run_id):
                 pass

@@ -173,3 +173,55 @@ def test_findings_search_filters_and_one_metric_across_runs(tmp_path: Path) -> N
     rows = page.text.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     assert 'href="/runs/r1"' in rows and 'href="/runs/r2"' in rows  # the same metric, two runs
     store.close()
+
+
+def test_fork_from_the_timeline_starts_a_new_run_from_that_step(tmp_path: Path) -> None:
+    app = _app(tmp_path, ["code", "publish"])
+    _start(app, "mla_note.md")
+    desk, client = _client(app)
+    steps = app.runs.timeline("r1")
+    at = next(s.step for s in steps if "reproducer" in s.ran)
+    page = client.get("/runs/r1/timeline", params={"step": at})
+    assert page.status_code == 200 and "State at step" in page.text
+    r = client.post("/runs/r1/fork", data={"csrf": desk.csrf, "step": str(at)})
+    assert r.status_code == 303
+    new_id = r.headers["location"].rsplit("/", 1)[-1]
+    desk.drivers.join(timeout=120)
+    view = app.runs.status(new_id)
+    assert view.parent == f"r1@{at}" and view.gate == "code"
+    assert app.runs.status("r1").gate == "code"  # the original stays as it was
+
+
+def test_an_interrupted_run_continues_from_the_page(tmp_path: Path) -> None:
+    broken = {"on": True}
+
+    def crash(job: Job, n: int) -> RunResult | None:
+        if broken["on"]:
+            raise RuntimeError("the machine went away")
+        return None
+
+    app = _app(tmp_path, ["code"], FakeSandbox(respond=crash))
+    _start(app, "mla_note.md")
+    desk, client = _client(app)
+    _decide(client, desk, "r1", action="approve")
+    desk.drivers.join(timeout=120)
+    page = client.get("/runs/r1")
+    assert "interrupted before execute" in page.text and "the machine went away" in page.text
+    assert _decide(client, desk, "r1", action="approve").status_code == 400  # no gate waits
+    broken["on"] = False
+    assert _decide(client, desk, "r1", action="continue").status_code == 303
+    desk.drivers.join(timeout=120)
+    assert app.runs.status("r1").status == "published"
+
+
+def test_pages_forbid_scripts_and_framing(tmp_path: Path) -> None:
+    app = _app(tmp_path, ["code"])
+    _start(app, "mla_note.md")
+    _, client = _client(app)
+    for path in ("/inbox", "/runs", "/runs/r1", "/runs/r1/timeline", "/nope-is-404"):
+        r = client.get(path)
+        if r.status_code == 404:
+            continue
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert "<script" not in r.text
