@@ -22,9 +22,9 @@ import pytest
 from agents.offline.reader import read
 from agents.policies import offline_policies
 from reprodesk.compose import build_app
-from reprodesk.schemas import Limits, Paper
+from reprodesk.schemas import Job, Limits, Paper, RunResult
 from reprodesk.settings import Settings
-from tests.fakes import FakeSandbox, ListStore
+from tests.fakes import FakeSandbox, ListStore, canned_metrics
 from tests.pdfgen import ColumnPage, Placed, column, make_placed_pdf, make_two_column_pdf
 from tools.digest import digest, sentences
 from tools.papers import load_paper
@@ -38,7 +38,8 @@ BODY = (
     "the decoupled queries and key, we set the per-head dimension d_h^R to 64. A "
     "decoupled RoPE strategy carries position. The model has 60 layers.",
     "MLA requires a much smaller KV cache than MHA, while its performance is stronger.",
-    "At inference W^UK can be absorbed into the query projection.",
+    "At inference W^UK can be absorbed into the query projection. Compared with DeepSeek "
+    "67B, DeepSeek-V2 reduces the KV cache by 93.3%.",
 )
 
 
@@ -99,7 +100,8 @@ def test_table_of_contents_and_prompt_examples_give_no_quote_or_claim(v2: Paper)
     assert quoted, "the Reader found nothing at all: the test would prove nothing"
     for text in quoted:
         assert "2.25 groups 6" not in text and "1.76% of it 7" not in text  # contents lines
-        assert "93.3%" not in text and "User:" not in text  # the prompt example
+        assert "User:" not in text and "Assistant:" not in text  # the prompt example
+        assert "93.3%" not in text or text.startswith("Compared with DeepSeek 67B")  # the body
     kinds = {s.text: s.kind for s in sentences(v2)}
     assert any(k == "toc" for k in kinds.values()) and any(k == "prompt" for k in kinds.values())
 
@@ -123,7 +125,7 @@ def v2_published(v2_pdf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     home = tmp_path_factory.mktemp("home")
     app = build_app(
         Settings(home=home, gates=[]),  # type: ignore[arg-type]
-        sandbox=FakeSandbox(),
+        sandbox=FakeSandbox(respond=_with_formulas),
         policies=offline_policies(Limits()),
         store=ListStore(),
     )
@@ -151,9 +153,16 @@ def test_no_paper_value_is_cited_from_a_row_that_does_not_state_its_claim(
     md = (v2_published / "writeup.md").read_text()
     # canned results say 2.25 for every claim: none is shown as the paper's value
     assert not any(e["id"].endswith(".paper") for e in evidence)
-    rows = [r for r in md.splitlines() if r.startswith("| MLA caches")]
-    assert rows and "| not stated | — |" in rows[0]
-    assert "the paper states no value for it" in md or "prints no value for it" in md
+    # not printed by the paper, computed from the values it states (p.1), with the formula
+    rows = [r for r in md.splitlines() if r.startswith("| MLA caches (d_c + d_h^R) /")]
+    assert rows and "| 1.758% | derived from the paper's stated values" in rows[0]
+    assert "d_c = 512 (p.1)" in rows[0] and "n_heads = 128 (p.1)" in rows[0]
+    groups = [r for r in md.splitlines() if r.startswith("| MLA's KV cache equals GQA")]
+    assert groups and "| 2.25 | derived from the paper's stated values" in groups[0]
+    # the 93.3% arithmetic needs DeepSeek 67B's configuration: the row says which values
+    arithmetic = [r for r in md.splitlines() if "reduces the KV cache by 93.3%" in r]
+    assert arithmetic and "**not checkable**" in arithmetic[0]
+    assert "layers l, KV heads n_kv and head dimension d_h are not stated" in arithmetic[0]
     assert verify_run(v2_published).ok
 
 
@@ -168,6 +177,28 @@ def test_implementation_checks_stand_apart_from_the_paper_claims(v2_published: P
     assert "expected by construction" in checks and "expected by construction" not in claims
     tldr = md.split("## TL;DR", 1)[1].split("\n## ", 1)[0]
     assert "of 2 claims of the paper" in tldr and "of 2 checks of the implementation" in tldr
+
+
+def _with_formulas(job: Job, n: int) -> RunResult:
+    """Canned results whose cache claims carry the recipe's formula, as mla.py reports."""
+    metrics = canned_metrics(job.argv[1], job.argv)
+    formulas = {
+        "mla_gqa_equivalent_groups": ("(d_c + d_rope) / (2 * d_head)", 2.25, "groups"),
+        "mla_vs_mha_cache_ratio": ("(d_c + d_rope) / (2 * n_heads * d_head)", 0.017578125, "ratio"),
+    }
+    for c in metrics["claims"]:
+        if c["id"] in formulas:
+            c["formula"], value, c["unit"] = formulas[c["id"]]
+            c["paper_value"] = c["measured_value"] = value
+    return RunResult(
+        status="ok",
+        exit_code=0,
+        message="exit code 0",
+        stdout=json.dumps(metrics) + "\n",
+        duration_s=0.01,
+        metrics=metrics,
+        backend="fake",
+    )
 
 
 # --------------------------------------------------------------------------- R1's traps
