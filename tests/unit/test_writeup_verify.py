@@ -11,7 +11,7 @@ import pytest
 
 from agents.policies import offline_policies
 from reprodesk.compose import App, build_app
-from reprodesk.schemas import Limits
+from reprodesk.schemas import Job, Limits, RunResult
 from reprodesk.settings import Settings
 from tests.fakes import FakeSandbox, ListStore
 from tools.export import export_html
@@ -165,3 +165,25 @@ def test_profile_csv_and_json_carry_every_job_with_its_environment(published: Pa
     assert header == table["columns"] and len(csv_path.read_text().splitlines()) == 1 + len(
         table["rows"]
     )
+
+
+def test_the_writeup_says_which_repairs_the_run_needed(tmp_path: Path) -> None:
+    def first_times_out(job: Job, n: int) -> RunResult | None:
+        return RunResult(status="timeout", message="wall time 120 s exceeded") if n == 1 else None
+
+    settings = Settings(home=tmp_path / "home", gates=[])  # type: ignore[arg-type]
+    app = build_app(
+        settings,
+        sandbox=FakeSandbox(respond=first_times_out),
+        policies=offline_policies(Limits()),
+        store=ListStore(),
+    )
+    assert _run(app) == "published"
+    folder = tmp_path / "home" / "runs" / "r1"
+    md = (folder / "writeup.md").read_text()
+    repair = [line for line in md.splitlines() if line.startswith("- Repair needed:")]
+    assert (
+        len(repair) == 1 and "`mla-attempt1` ended timeout: wall time 120 s exceeded" in repair[0]
+    )
+    assert "in 2 attempt(s)" in md
+    assert verify_run(folder).ok
