@@ -418,6 +418,25 @@ def _tool(schema: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def bounded_schema(node: Any, max_chars: int, max_items: int = 8) -> Any:
+    """The schema with every string at most `max_chars` and every list at most `max_items`.
+
+    A server that turns the schema into a grammar (llama.cpp) then has to close a string
+    that a weak model would repeat until max_tokens: the answer stays complete JSON.
+    Validation still uses the pydantic model, so nothing is accepted that it refuses.
+    """
+    if isinstance(node, list):
+        return [bounded_schema(n, max_chars, max_items) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: bounded_schema(v, max_chars, max_items) for k, v in node.items()}
+    if out.get("type") == "string" and "enum" not in out:
+        out.setdefault("maxLength", max_chars)
+    if out.get("type") == "array":
+        out.setdefault("maxItems", max_items)
+    return out
+
+
 def _transport_error(exc: Exception) -> str | None:
     """One line for an endpoint failure (after the client's retries), else None."""
     try:
@@ -463,7 +482,8 @@ class LLM:
             self.recorder.check_budget(run_id, node)
         runnable: Any
         if method == "json_schema":
-            fmt = {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": False}
+            bounded = bounded_schema(schema.model_json_schema(), 3 * self.spec.call_tokens)
+            fmt = {"name": schema.__name__, "schema": bounded, "strict": False}
             runnable = self.model.bind(response_format={"type": "json_schema", "json_schema": fmt})
         elif method == "function_calling":
             try:
@@ -537,6 +557,7 @@ class LLM:
         """
         problems: list[str] = []
         calls = 0
+        explore = False  # the last method could not answer at all: try the next
         schema_text = json.dumps(schema.model_json_schema(), separators=(",", ":"))
         base = [
             *messages,
@@ -545,7 +566,11 @@ class LLM:
                 + schema_text
             ),
         ]
+        known = self.memory.get(self.spec.endpoint)
         for method in self.memory.order(self.spec.endpoint, self.methods):
+            if known is not None and method != known and problems and not explore:
+                break  # the method that works here gave a bad answer: not a method problem
+            explore = False
             convo = list(base)
             for _ in range(self.repairs + 1):
                 calls += 1
@@ -553,6 +578,7 @@ class LLM:
                     msg = self._invoke(method, schema, convo)
                 except _Unsupported as exc:
                     problems.append(f"{method}: not supported ({exc})")
+                    explore = True
                     break
                 payload = self._payload(msg, method)
                 if payload is None:
@@ -560,6 +586,7 @@ class LLM:
                         f"{method}: empty answer"
                         + (" (no tool call)" * (method == "function_calling"))
                     )
+                    explore = True
                     break
                 shown = payload if isinstance(payload, str) else json.dumps(payload)
                 try:
@@ -629,7 +656,9 @@ def build_models(
         ck = (spec.base_url, spec.model, spec.temperature, spec.timeout_s, spec.call_tokens)
         if ck not in clients:
             clients[ck] = make(spec)
-        llms[agent] = LLM(clients[ck], spec, recorder=recorder, memory=memory)
+        llms[agent] = LLM(
+            clients[ck], spec, recorder=recorder, memory=memory, repairs=settings.llm_repairs
+        )
     return Models(llms=llms, recorder=recorder)
 
 

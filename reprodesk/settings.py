@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(
         default=2, ge=0, description="Retries of a request that is refused, rate-limited or stalls."
     )
+    llm_repairs: int = Field(
+        default=1, ge=0, description="Times an invalid answer goes back to the model, per method."
+    )
     llm_call_tokens: int = Field(default=4096, gt=0, description="max_tokens of one request.")
     llm_context_chars: int = Field(
         default=48_000, gt=0, description="Most paper/code text one prompt carries."

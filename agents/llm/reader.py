@@ -57,6 +57,8 @@ class MechanismOut(BaseModel):
     args: dict[str, Value] = Field(default_factory=dict)
     grid: dict[str, dict[str, Value]] = Field(default_factory=dict)
     gotchas: list[str] = Field(default_factory=list)
+    does_not_carry_over: list[str] = Field(default_factory=list)
+    finance_angle: str = ""
 
 
 class ReaderAnswer(BaseModel):
@@ -175,6 +177,8 @@ def _mechanism(m: MechanismOut, key: str, quotes: QuoteFinder) -> MechanismPlan:
         args=args,
         grid={k: v for k, v in grid.items() if v},
         gotchas=[g[:300] for g in m.gotchas[:5]],
+        does_not_carry_over=[d[:300] for d in m.does_not_carry_over[:5]],
+        finance_angle=m.finance_angle[:600],
         not_checkable=list[NotCheckable](),
     )
 

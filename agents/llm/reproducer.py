@@ -83,6 +83,8 @@ class LLMReproducer:
         script = mech.script
 
         def check(a: ProposeAnswer) -> ProposeAnswer:
+            if len(a.files) == 1 and a.files[0].path != script:  # one file is the entry
+                a = a.model_copy(update={"files": [a.files[0].model_copy(update={"path": script})]})
             names = [f.path for f in a.files]
             bad = [n for n in names if not _NAME.match(n) or n == HARNESS]
             if bad:
