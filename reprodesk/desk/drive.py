@@ -46,6 +46,8 @@ class Drivers:
         self.runs = runs
         # Nodes read `deps.ledger` when they run: give them one usable from any thread.
         runs.deps.ledger = ThreadLedger(runs.home / "ledger.sqlite")
+        if not isinstance(runs.deps.sandbox, OneJobAtATime):
+            runs.deps.sandbox = OneJobAtATime(runs.deps.sandbox)
         self._lock = threading.Lock()
         self._drives: dict[str, Drive] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -137,3 +139,26 @@ class ThreadLedger:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ledger(), name)
+
+
+class OneJobAtATime:
+    """The sandbox, one job at a time across this desk's drives.
+
+    Two decisions on two runs drive in two threads; a warm sandbox worker speaks one
+    request at a time over its pipe (and the machine has one GPU), so jobs queue here.
+    """
+
+    def __init__(self, sandbox: Any) -> None:
+        self._sandbox = sandbox
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return str(self._sandbox.name)
+
+    def run(self, job: Any) -> Any:
+        with self._lock:
+            return self._sandbox.run(job)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sandbox, name)
