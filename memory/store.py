@@ -327,7 +327,9 @@ class FindingStore:
                 collection.upsert,
                 ids=[finding.id for finding in chunk],
                 embeddings=vectors[start : start + step],
-                documents=[finding.document() for finding in chunk],
+                # No documents: the finding is in its metadata, and Chroma would keep a
+                # full-text index of them we never query (ingest measured 1.2-1.7x faster
+                # without, by bench/memory.py's fill).
                 metadatas=[_metadata(finding) for finding in chunk],
             )
             self._call(upsert)

@@ -284,6 +284,11 @@ def test_delete_run_removes_only_that_run(filled: FindingStore) -> None:
     with pytest.raises(UserError, match="run id"):
         filled.delete_run(" ")
 
+    filled.delete_run("run-a")
+    filled.delete_run("run-b")
+    assert filled.count() == 0
+    assert filled.search("KV cache compression") == []  # a store emptied, not never written
+
 
 # --------------------------------------------------------------------------- persistence
 
