@@ -6,38 +6,12 @@ write-up must explain the latency it measured and carry a gotcha from this run.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from sandbox import backend_report
-
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "examples" / "mla_note.md"
-
-_bwrap = {name: (ok, why) for name, ok, why in backend_report()}.get("bwrap", (False, "unknown"))
-pytestmark = pytest.mark.skipif(not _bwrap[0], reason=f"bubblewrap cannot run here: {_bwrap[1]}")
-
-
-def cli(home: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPRODESK_")}
-    env["REPRODESK_HOME"] = str(home)
-    proc = subprocess.run(
-        [sys.executable, "-m", "reprodesk", *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if check is not None:
-        assert proc.returncode == check, (proc.returncode, proc.stdout, proc.stderr)
-    return proc
+from tests.e2e.test_pipeline import SAMPLE, cli, pytestmark  # noqa: F401  (the bwrap skip)
 
 
 @pytest.fixture(scope="module")

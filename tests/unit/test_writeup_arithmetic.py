@@ -38,11 +38,17 @@ def _with_formulas(job: Job, n: int) -> RunResult:
             c["formula"] = FORMULAS[c["id"]]
             c["unit"] = "ratio" if "ratio" in c["id"] else "groups"
             c["paper_value"] = c["measured_value"] = 0.017578125 if "ratio" in c["id"] else 2.25
+    return ok_result(metrics)
+
+
+def ok_result(metrics: dict) -> RunResult:
+    """A successful fake job that printed `metrics` (shared by the write-up tests)."""
+    stdout = json.dumps(metrics) + "\n"
     return RunResult(
         status="ok",
         exit_code=0,
         message="exit code 0",
-        stdout=json.dumps(metrics) + "\n",
+        stdout=stdout,
         duration_s=0.01,
         metrics=metrics,
         backend="fake",

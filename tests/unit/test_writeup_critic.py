@@ -12,6 +12,7 @@ from reprodesk.compose import build_app
 from reprodesk.schemas import Draft, Figure, Job, Limits, Quote, RunResult
 from reprodesk.settings import Settings
 from tests.fakes import FakeSandbox, ListStore, canned_metrics
+from tests.unit.test_writeup_arithmetic import ok_result
 from tools.evidence import EvidenceBook
 from tools.papers import load_paper
 from tools.verify import verify_run
@@ -143,15 +144,7 @@ def test_revise_goes_back_to_the_writer_bounded_and_the_open_points_are_publishe
         for c in metrics["claims"]:
             if c["id"] == "bias_lowers_maxvio":
                 c.update(reference="baseline", paper_value=0.0, measured_value=0.0)
-        return RunResult(
-            status="ok",
-            exit_code=0,
-            message="exit code 0",
-            stdout=json.dumps(metrics) + "\n",
-            duration_s=0.01,
-            metrics=metrics,
-            backend="fake",
-        )
+        return ok_result(metrics)
 
     app = build_app(
         Settings(home=tmp_path / "home", gates=[]),  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from reprodesk.schemas import Job, Limits, Paper, RunResult
 from reprodesk.settings import Settings
 from tests.fakes import FakeSandbox, ListStore, canned_metrics
 from tests.pdfgen import ColumnPage, Placed, column, make_placed_pdf, make_two_column_pdf
+from tests.unit.test_writeup_arithmetic import ok_result
 from tools.digest import digest, sentences
 from tools.papers import load_paper
 from tools.verify import verify_run
@@ -190,15 +191,7 @@ def _with_formulas(job: Job, n: int) -> RunResult:
         if c["id"] in formulas:
             c["formula"], value, c["unit"] = formulas[c["id"]]
             c["paper_value"] = c["measured_value"] = value
-    return RunResult(
-        status="ok",
-        exit_code=0,
-        message="exit code 0",
-        stdout=json.dumps(metrics) + "\n",
-        duration_s=0.01,
-        metrics=metrics,
-        backend="fake",
-    )
+    return ok_result(metrics)
 
 
 # --------------------------------------------------------------------------- R1's traps
