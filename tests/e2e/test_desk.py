@@ -220,6 +220,15 @@ def test_export_button_writes_the_same_html_as_the_cli(page: Any, desk: DeskServ
     folder = Path(desk.desk.runs.status("published").outcome.path)
     assert (folder / "writeup.html").is_file()
     assert page.eval_on_selector_all("img", "els => els.every(i => i.naturalWidth > 0)")
+    page.goto(f"{desk.base}/runs/published/writeup")
+    page.click("#export-zh")
+    assert page.url.endswith("/runs/published/files/writeup.zh.html")
+    assert page.get_attribute("html", "lang") == "zh"
+    assert (folder / "writeup.zh.md").is_file() and (folder / "writeup.zh.html").is_file()
+    page.goto(f"{desk.base}/runs/published/writeup?lang=zh")
+    assert page.locator("#writeup img").count() == len(
+        desk.desk.runs.state("published").draft.figures
+    )
 
 
 def test_timeline_shows_steps_state_and_forks(page: Any, desk: DeskServer) -> None:
