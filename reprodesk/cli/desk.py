@@ -124,7 +124,7 @@ def watch(
 
         assert isinstance(r, PollReport)
         for paper, run_id in r.queued:
-            say(f"queued {paper.key} as run {run_id}: {paper.title} (waits at the plan gate)")
+            say(f"queued {paper.key} as run {run_id}: {paper.title} ({r.status[run_id]})")
         for error in r.errors:
             say(f"skipped {error}")
         say(

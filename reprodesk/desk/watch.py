@@ -147,6 +147,7 @@ class PollReport:
     """One poll: what was queued, what was already known, what failed."""
 
     queued: list[tuple[NewPaper, str]] = field(default_factory=list)  # paper, run id
+    status: dict[str, str] = field(default_factory=dict)  # run id -> where it stopped
     known: int = 0
     deferred: int = 0  # new, but over this poll's max_new: next poll
     errors: list[str] = field(default_factory=list)
@@ -260,6 +261,7 @@ class Watcher:
             run_id = last.run_id
             seen.add(paper, run_id)
             report.queued.append((paper, run_id))
+            report.status[run_id] = last.view.status
             self.log.info("watch.queued", paper=paper.key, run_id=run_id, status=last.view.status)
         return report
 

@@ -175,7 +175,7 @@ def test_watch_once_queues_exactly_the_new_papers_once(home: Path, imitation: Im
     third = _watch(home, "--arxiv-url", imitation.base)
     assert third.returncode == 0, third.stderr
     assert "poll: 1 new queued, 2 already seen" in third.stdout
-    assert "queued arxiv:2612.00003" in third.stdout
+    assert "queued arxiv:2612.00003" in third.stdout and "(paused at the plan gate)" in third.stdout
     assert _waiting(home) == {one: "plan", two: "plan", imitation.title("2612.00003"): "plan"}
     seen = json.loads((home / "watch" / "seen.json").read_text())
     assert sorted(seen) == [f"arxiv:{i}" for i in sorted(imitation.listed)]
