@@ -45,6 +45,9 @@ _NUMBERS_WIDTH = 16
 _VERDICT_WIDTH = 10
 
 
+_NOTHING = "no findings yet: publish a run first (`reprodesk run ...`)"
+
+
 def _store() -> FindingStore:
     from memory.store import FindingStore
 
@@ -121,11 +124,12 @@ def findings_search(
         hits = store.search(
             query, k=k, paper=paper, mechanism=mechanism, verdict=verdict, since=since, until=until
         )
+        empty = not hits and store.count() == 0
     if as_json:
         print(json.dumps([{"score": h.score, **h.finding.model_dump(mode="json")} for h in hits]))
         return
     if not hits:
-        out.print("no findings match: publish a run first (`reprodesk run ...`)")
+        out.print(_NOTHING if empty else "no findings match these filters")
         return
     out.print(_findings_table("score", [(f"{h.score:.2f}", h.finding) for h in hits]))
 
@@ -147,11 +151,12 @@ def findings_list(
     filters = _filters(paper, mechanism, verdict, since, until, run_id)
     with _store() as store:
         found = store.findings(filters, limit=limit)
+        empty = not found and store.count() == 0
     if as_json:
         print(json.dumps(_dump(found)))
         return
     if not found:
-        out.print("no findings match: publish a run first (`reprodesk run ...`)")
+        out.print(_NOTHING if empty else "no findings match these filters")
         return
     out.print(_findings_table("date", [(f.date, f) for f in found]))
 

@@ -190,8 +190,15 @@ def test_a_fresh_home_has_no_findings_and_gets_no_store(tmp_path: Path) -> None:
     done = cli(home, "findings", "search", "KV cache")
 
     assert done.returncode == 0, done.stderr
-    assert "no findings" in done.stdout
+    assert "no findings yet: publish a run first" in done.stdout
     assert not (home / "memory").exists()
+
+
+def test_filters_that_match_nothing_say_so(home: Path) -> None:
+    done = cli(home, "findings", "list", "--mechanism", "rope")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no findings match these filters"
 
 
 def test_a_chroma_server_that_is_down_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
