@@ -60,6 +60,10 @@ class RunView(BaseModel):
     next: list[str] = Field(default_factory=list)
     parent: str | None = None
     updated_at: str = ""
+    usage: dict[str, Any] = Field(
+        default_factory=dict,
+        description="LLM requests and tokens (and cost) in all and per node; {} offline.",
+    )
 
 
 @dataclass
@@ -155,6 +159,7 @@ class Runs:
             next=list(snap.next),
             parent=state.parent,
             updated_at=str(snap.created_at or ""),
+            usage=_usage(self.home, state.run_id),
         )
 
     # ------------------------------------------------------------------ driving
@@ -319,6 +324,16 @@ class Runs:
         from sandbox.retention import remove_job_dirs
 
         return remove_job_dirs(self.deps.jobs_dir(), self.deps.ledger.workdirs(run_id))
+
+
+def _usage(home: Path, run_id: str) -> dict[str, Any]:
+    """What the run's model requests cost, as `reprodesk.models.Recorder` keeps it."""
+    path = home / "llm" / run_id / "usage.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -9,8 +9,11 @@ Structured output (`LLM.structured`): the methods an OpenAI-compatible endpoint 
 support are tried in order — `json_schema` (response_format with the schema),
 `function_calling` (one forced tool call), `json_mode`, then plain `text` parsed
 leniently — starting with the one that last worked for this endpoint and model
-(remembered under the home). An answer that does not validate goes back to the model
-with the validation error, a bounded number of times; then one clear error. Transport
+(remembered under the home). A method the endpoint refuses (400) or answers with nothing
+passes to the next; an answer that does not validate (wrong shape, truncated at
+max_tokens) goes back to the model with the validation error, a bounded number of times,
+and then the request ends with one clear error: the content is the problem then, not the
+method. Transport
 failures (down, 429 with Retry-After, 5xx, a stall past the timeout) are retried with
 back-off by the OpenAI client, bounded by `llm_max_retries`; then `EndpointFailed`, a
 `UserError`: one line, and the run stays checkpointed so that `resume` continues.
@@ -437,6 +440,26 @@ def bounded_schema(node: Any, max_chars: int, max_items: int = 8) -> Any:
     return out
 
 
+def _truncated(exc: Exception) -> AIMessage | None:
+    """The partial answer of a response cut at max_tokens (openai's LengthFinishReasonError,
+    raised where the client parses a json_schema answer), with its usage."""
+    completion = getattr(exc, "completion", None)
+    if type(exc).__name__ != "LengthFinishReasonError" or completion is None:
+        return None
+    try:
+        content = completion.choices[0].message.content or ""
+    except (AttributeError, IndexError):
+        content = ""
+    usage = getattr(completion, "usage", None)
+    tin = int(getattr(usage, "prompt_tokens", 0) or 0)
+    tout = int(getattr(usage, "completion_tokens", 0) or 0)
+    return AIMessage(
+        content=content or "{",  # what lenient_json calls truncated JSON
+        usage_metadata={"input_tokens": tin, "output_tokens": tout, "total_tokens": tin + tout},
+        response_metadata={"finish_reason": "length"},
+    )
+
+
 def _transport_error(exc: Exception) -> str | None:
     """One line for an endpoint failure (after the client's retries), else None."""
     try:
@@ -497,6 +520,10 @@ class LLM:
         try:
             msg = runnable.invoke(convo)
         except Exception as exc:
+            cut_short = _truncated(exc)
+            if cut_short is not None:  # finish_reason "length": a bad answer, not a failure
+                self._record(method, convo, cut_short)
+                return cut_short
             self._record(method, convo, None, error=f"{type(exc).__name__}: {exc}")
             why = _transport_error(exc)
             if why is not None:
@@ -566,20 +593,19 @@ class LLM:
                 + schema_text
             ),
         ]
-        known = self.memory.get(self.spec.endpoint)
         for method in self.memory.order(self.spec.endpoint, self.methods):
-            if known is not None and method != known and problems and not explore:
-                break  # the method that works here gave a bad answer: not a method problem
+            if problems and not explore:
+                break  # the endpoint took the method and the answer was bad: not a method problem
             explore = False
             convo = list(base)
             for _ in range(self.repairs + 1):
-                calls += 1
                 try:
                     msg = self._invoke(method, schema, convo)
                 except _Unsupported as exc:
                     problems.append(f"{method}: not supported ({exc})")
                     explore = True
                     break
+                calls += 1  # answers counted; a refused method is named in the problems
                 payload = self._payload(msg, method)
                 if payload is None:
                     problems.append(

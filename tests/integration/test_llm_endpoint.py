@@ -347,6 +347,7 @@ def test_unknown_mechanism_repaired_and_published_through_a_bad_endpoint(
     methods = json.loads((tmp_path / "home" / "cache" / "llm-methods.json").read_text())
     assert methods == {f"{endpoint}#scripted": "function_calling"}
     usage = json.loads((tmp_path / "home" / "llm" / "r1" / "usage.json").read_text())
+    assert app.runs.status("r1").usage == usage  # what `runs` and `replay` show
     records = app.deps.policies.read.llm.recorder.records("r1")
     answered = [r for r in records if r["response"] is not None]
     assert usage["input_tokens"] == 1000 * len(answered)
@@ -401,3 +402,23 @@ def test_budget_stops_the_run_with_what_was_spent(
         _drive(app)
     assert "spent" in str(err.value) and "--max-tokens 3000" in str(err.value)
     assert app.runs.status("r1").outcome is None
+
+
+def test_doctor_reports_the_structured_output_method_that_works(
+    tmp_path: Path, endpoint: str, script: Script
+) -> None:
+    from agents.llm.doctor import check_endpoint
+
+    script.faults = []
+    settings = Settings(
+        home=tmp_path / "home", llm="compatible", llm_base_url=endpoint, llm_model="scripted"
+    )
+    script.answer = lambda agent, body: {"ok": True}  # type: ignore[method-assign]
+    ok, line = check_endpoint(settings)
+    assert ok and line.endswith("structured output via function_calling"), line
+    # json_schema was refused (400) first: the probe tried it, then function calling
+    formats = [(b.get("response_format") or {}).get("type") for b in script.seen]
+    assert formats[0] == "json_schema" and script.seen[1].get("tools")
+    ok, line = check_endpoint(settings.model_copy(update={"llm_base_url": "http://127.0.0.1:9/v1"}))
+    assert not ok and "cannot connect" in line
+    assert check_endpoint(Settings(home=tmp_path / "home", llm="offline"))[0]
