@@ -210,3 +210,31 @@ def test_a_chroma_server_that_is_down_is_one_line_and_a_non_zero_exit(tmp_path: 
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1, done.stderr
     assert f"cannot reach the Chroma server at {url}" in done.stderr
+
+
+def test_the_cli_search_imports_no_torch(home: Path) -> None:
+    """The 7.5 s of the old search were torch, transformers and sentence-transformers."""
+    script = (
+        "import sys\n"
+        "from reprodesk.cli import main\n"
+        "try:\n"
+        "    main(['findings', 'search', 'KV cache per token', '--json'])\n"
+        "except SystemExit as done:\n"
+        "    heavy = [m for m in ('torch', 'transformers', 'sentence_transformers')\n"
+        "             if m in sys.modules]\n"
+        "    sys.stderr.write(f'exit={done.code} heavy={heavy}\\n')\n"
+    )
+    environ = {**os.environ, "REPRODESK_HOME": str(home)}
+    environ.pop("REPRODESK_CHROMA_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.stderr.strip().splitlines()[-1] == "exit=0 heavy=[]", done.stderr[-2000:]
+    assert json.loads(done.stdout)[0]["mechanism"] == "mla"
