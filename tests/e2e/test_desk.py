@@ -159,8 +159,10 @@ def test_rejection_with_a_reason_sends_the_code_back(page: Any, desk: DeskServer
     page.goto(f"{desk.base}/runs/send-back")
     page.fill("#reason", "use a smaller sequence length")
     page.click("#revise")
+    # The page before the click also says "paused at the code gate": wait for the one
+    # that reports the decision's drive as done.
     page.wait_for_function(
-        "() => document.querySelector('#gate') !== null"
+        "() => document.querySelector('#drive h2')?.textContent === 'Last decision: revise'"
         " && document.querySelector('#status')?.textContent === 'paused at the code gate'"
     )
     state = desk.desk.runs.state("send-back")
