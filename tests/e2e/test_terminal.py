@@ -75,7 +75,7 @@ def test_enter_at_the_code_gate_rejects(tmp_path: Path) -> None:
     home = tmp_path / "home"
     argv = [sys.executable, "-m", "reprodesk", "run", str(ROOT / "examples" / "mla_note.md")]
     term = Terminal([*argv, "--run-id", "t"], _env(home, REPRODESK_GATES='["code"]'))
-    term.expect(r"code gate: approve / reject")
+    term.expect(r"code gate: approve / edit / revise / reject")
     term.send("\r")  # Enter: the default
     term.expect(r"Why")
     term.send("\r")
@@ -102,7 +102,7 @@ def test_edit_at_the_plan_gate_runs_the_saved_plan(tmp_path: Path) -> None:
     term = Terminal([sys.executable, "-m", "reprodesk", "run", str(note), "--run-id", "e"], env)
     term.expect(r"plan gate: approve / edit / reject")
     term.send("edit\r")
-    term.expect(r"code gate: approve / reject")  # the edited plan was accepted
+    term.expect(r"code gate: approve / edit / revise / reject")  # the edited plan was accepted
     term.send("reject\r")
     term.expect(r"Why")
     term.send("not now\r")
