@@ -422,3 +422,29 @@ def test_doctor_reports_the_structured_output_method_that_works(
     ok, line = check_endpoint(settings.model_copy(update={"llm_base_url": "http://127.0.0.1:9/v1"}))
     assert not ok and "cannot connect" in line
     assert check_endpoint(Settings(home=tmp_path / "home", llm="offline"))[0]
+
+
+def test_fallback_offline_goes_on_with_the_catalog_when_the_endpoint_is_down(
+    tmp_path: Path, endpoint: str, script: Script
+) -> None:
+    from tests.fakes import FakeSandbox
+
+    script.faults = ["500"] * 100
+    settings = Settings(
+        home=tmp_path / "home",
+        gates=[],
+        llm="compatible",
+        llm_base_url=endpoint,
+        llm_model="scripted",
+        llm_max_retries=0,
+        llm_fallback="offline",
+    )
+    app = build_app(settings, sandbox=FakeSandbox(), store=ListStore())
+    paper = load_paper(str(ROOT / "examples" / "mla_note.md"))
+    view = list(app.runs.start(paper, policy=app.policy(), run_id="fb"))[-1].view
+    assert view is not None and view.status == "published", view.outcome
+    state = app.runs.state("fb")
+    assert state.plan is not None and state.plan.get("mla").source == "catalog"
+    assert any(n.startswith("--fallback offline") for n in state.plan.notes)
+    assert "## In brief" not in (tmp_path / "home" / "runs" / "fb" / "writeup.md").read_text()
+    assert script.seen  # the endpoint was tried, and failed, before each fallback
