@@ -1,6 +1,6 @@
 """Real jobs under cold bubblewrap: what is particular to `BubblewrapSandbox`.
 
-The properties every backend shares are attacked in test_sandbox_adversarial.py. Here:
+The properties every backend shares are attacked in sandbox/test_sandbox_adversarial.py. Here:
 the GPU paths, the process limit, the uid mapping, the interpreter, and bwrap's own
 lifetime when its host dies mid-setup. Skipped, with the reason, where bubblewrap
 cannot start a sandbox.

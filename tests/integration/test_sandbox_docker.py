@@ -1,6 +1,6 @@
 """Real jobs in real containers: what is particular to `DockerSandbox`.
 
-The properties every backend shares are attacked in test_sandbox_adversarial.py (which
+The properties every backend shares are attacked in sandbox/test_sandbox_adversarial.py (which
 runs them here too). Here: leftovers on the engine, the read-only source, seccomp, the
 engine's view of the home, the copy transfer, gVisor.
 

@@ -1,6 +1,6 @@
 """Real jobs in the warm worker: what is particular to `WarmWorkerSandbox`.
 
-The properties every backend shares are attacked in test_sandbox_adversarial.py. The
+The properties every backend shares are attacked in sandbox/test_sandbox_adversarial.py. The
 worker is one long-lived sandbox, so these tests check what a warm worker could get
 wrong: a job outliving its turn, one job seeing
 another's files or processes, the worker not surviving a job (or not coming back
