@@ -7,7 +7,8 @@ that do not rely on isolation). A backend that cannot run here is skipped with t
 reason. Isolation (namespaces, network, file system, uid) is in
 test_sandbox_isolation.py beside this file; backend-specific behaviour in
 tests/integration/test_sandbox_{bwrap,worker,docker}.py. The only network traffic is to
-a server these tests run on 127.0.0.1. The bombs are small: quotas of 64 MB against jobs that try 200 MB.
+a server these tests run on 127.0.0.1. The bombs are small: quotas of 64 MB against
+jobs that try 200 MB.
 """
 
 from __future__ import annotations
