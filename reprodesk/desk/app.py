@@ -160,7 +160,13 @@ class Desk:
         drive = self.drivers.current(run_id)
         busy = self.drivers.busy(run_id)
         state = self.runs.state(run_id)
-        context: dict[str, Any] = {"view": view, "drive": drive, "busy": busy, "state": state}
+        context: dict[str, Any] = {
+            "view": view,
+            "drive": drive,
+            "busy": busy,
+            "state": state,
+            "usage": material.usage_line(view.usage),
+        }
         if view.gate == "code" and not busy:
             context["jobs"] = material.code_jobs(self.runs, view)
         if view.gate == "plan" and not busy and state.plan is not None:

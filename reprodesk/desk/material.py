@@ -120,8 +120,18 @@ def run_row(runs: Any, view: Any) -> RunRow:
     verdicts: dict[str, int] = dict(Counter(str(f.verdict) for f in findings))
     steps = runs.timeline(view.run_id)
     seconds = sum(s.seconds or 0.0 for s in steps if s.ran and not s.decision) or None
-    # The service records no model usage yet (offline agents use none): say so.
-    return RunRow(view, verdicts, seconds, "not recorded")
+    return RunRow(view, verdicts, seconds, usage_line(view.usage))
+
+
+def usage_line(usage: dict[str, Any]) -> str:
+    """RunView.usage in a few words: tokens in and out, requests, cost."""
+    if not usage or not usage.get("requests"):
+        return "none (offline)"
+    tokens = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+    line = f"{tokens:,} ({usage.get('input_tokens', 0):,} in, {usage.get('output_tokens', 0):,} out"
+    line += f", {usage['requests']} requests"
+    cost = float(usage.get("cost") or 0.0)
+    return line + (f", ${cost:.4f})" if cost else ")")
 
 
 def writeup_html(folder: Path, markdown: str, evidence: list[Any], title: str) -> Markup:

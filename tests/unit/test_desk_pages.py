@@ -225,3 +225,18 @@ def test_pages_forbid_scripts_and_framing(tmp_path: Path) -> None:
         csp = r.headers["content-security-policy"]
         assert "script-src 'none'" in csp and "frame-ancestors 'none'" in csp
         assert "<script" not in r.text
+
+
+def test_runs_page_shows_verdicts_and_the_runs_model_tokens(tmp_path: Path) -> None:
+    app = _app(tmp_path, [])
+    _start(app, "mla_note.md")
+    _, client = _client(app)
+    row = client.get("/runs").text.split('<tr data-run="r1">', 1)[1].split("</tr>", 1)[0]
+    assert "reproduced: 4, not checkable: 1" in row and "none (offline)" in row
+    usage = {"requests": 3, "input_tokens": 1200, "output_tokens": 345, "cost": 0.0021}
+    folder = tmp_path / "home" / "llm" / "r1"
+    folder.mkdir(parents=True)
+    (folder / "usage.json").write_text(json.dumps({**usage, "nodes": {}}))
+    row = client.get("/runs").text.split('<tr data-run="r1">', 1)[1].split("</tr>", 1)[0]
+    assert "1,545 (1,200 in, 345 out, 3 requests, $0.0021)" in row
+    assert "1,545 (1,200 in" in client.get("/runs/r1").text
