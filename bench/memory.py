@@ -1,7 +1,7 @@
 """The findings memory's speed, as JSON: one CLI search, in-process search at 1k, 10k and
 100k findings, publish throughput, and the embedding against sentence-transformers.
 
-- cli_search: wall time and peak RSS of `reprodesk findings search "KV cache per token"`
+- cli_search: wall time, CPU time and peak RSS of `reprodesk findings search "KV cache per token"`
   as a user runs it (a new process: interpreter start, imports, store open, model load,
   query embedding, search, table), median of --cli-repeats after one untimed run (page
   cache). Run on the 1k store and on the largest. Beside it, the floor it stands on:
@@ -144,7 +144,7 @@ def finding(i: int) -> Finding:
         paper_value=round(0.05 + (i % 13) * 0.01, 3),
         measured_value=round(0.04 + (i % 17) * 0.011, 4),
         unit=unit,
-        verdict=verdicts[i % len(verdicts)],  # type: ignore[arg-type]
+        verdict=verdicts[i % len(verdicts)],
         setup=f"bwrap sandbox, cpu; {SCALES[(i // 7) % len(SCALES)]}",
         evidence=f"run {run}, job j{i % 5}, metric claims.{i % 3}.measured_value",
         gotchas=[f"gotcha {i % 11} of {mechanism}"],
@@ -187,12 +187,16 @@ _RSS_WRAPPER = (
     "null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]\n"
     "pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ, file_actions=null)\n"
     "_, status, usage = os.wait4(pid, 0)\n"
-    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss // 1024)\n"
+    "cpu = usage.ru_utime + usage.ru_stime\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss // 1024, cpu)\n"
 )
 
 
-def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """(wall s, peak RSS MB) of one child process, its output discarded.
+def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, int, float]:
+    """(wall s, peak RSS MB, CPU s) of one child process, its output discarded.
+
+    CPU time (user + system) is what the process itself needed; on a shared machine the
+    wall time also holds the time it waited for a core.
 
     The wall time includes the wrapper's own start (python -c with no imports, ~0.03 s on
     this machine: reported as floors.python_bare_s).
@@ -206,10 +210,12 @@ def run_child(argv: list[str], env: dict[str, str]) -> tuple[float, int]:
         check=False,
     )
     wall = time.perf_counter() - started
-    code, rss = (int(x) for x in done.stdout.split())
-    if code != 0 or done.returncode != 0:
+    if done.returncode != 0 or not done.stdout.strip():
+        raise SystemExit(f"{argv}: the wrapper failed: {done.stderr[-2000:]}")
+    code, rss, cpu = done.stdout.split()
+    if int(code) != 0:
         raise SystemExit(f"{argv} exited {code}: {done.stderr[-2000:]}")
-    return wall, rss
+    return wall, int(rss), float(cpu)
 
 
 def cli_search(home: Path, repeats: int) -> dict[str, Any]:
@@ -218,11 +224,12 @@ def cli_search(home: Path, repeats: int) -> dict[str, Any]:
     argv = [sys.executable, "-m", "reprodesk", "findings", "search", CLI_QUERY]
     run_child(argv, env)  # page cache
     runs = [run_child(argv, env) for _ in range(repeats)]
-    walls = [wall for wall, _ in runs]
+    walls = [wall for wall, _, _ in runs]
     return {
         "wall_s_median": round(statistics.median(walls), 3),
         "wall_s_min": round(min(walls), 3),
-        "peak_rss_mb": max(rss for _, rss in runs),
+        "cpu_s_median": round(statistics.median(cpu for _, _, cpu in runs), 3),
+        "peak_rss_mb": max(rss for _, rss, _ in runs),
     }
 
 
@@ -236,7 +243,9 @@ def floors(repeats: int) -> dict[str, float]:
         "reprodesk_help_s": [sys.executable, "-m", "reprodesk", "--help"],
     }.items():
         run_child(argv, env)
-        out[name] = round(statistics.median([run_child(argv, env)[0] for _ in range(repeats)]), 3)
+        runs = [run_child(argv, env) for _ in range(repeats)]
+        out[name] = round(statistics.median(wall for wall, _, _ in runs), 3)
+        out[name.replace("_s", "_cpu_s")] = round(statistics.median(c for _, _, c in runs), 3)
     return out
 
 
