@@ -73,11 +73,13 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
 
 
-def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "REPRODESK_HOME": str(home), "COLUMNS": "80", **env}
-    environ.pop("REPRODESK_CHROMA_URL", None) if "REPRODESK_CHROMA_URL" not in env else None
+def python(home: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """This venv's Python on ``argv`` with ``home`` as REPRODESK_HOME, 80 columns."""
+    environ = {**os.environ, "REPRODESK_HOME": str(home), "COLUMNS": "80"}
+    environ.pop("REPRODESK_CHROMA_URL", None)  # a server of the user's is not the test's
+    environ.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "reprodesk", *args],
+        [sys.executable, *argv],
         capture_output=True,
         text=True,
         env=environ,
@@ -85,6 +87,10 @@ def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def cli(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return python(home, "-m", "reprodesk", *args, **env)
 
 
 def _words(text: str) -> str:
@@ -224,17 +230,7 @@ def test_the_cli_search_imports_no_torch(home: Path) -> None:
         "             if m in sys.modules]\n"
         "    sys.stderr.write(f'exit={done.code} heavy={heavy}\\n')\n"
     )
-    environ = {**os.environ, "REPRODESK_HOME": str(home)}
-    environ.pop("REPRODESK_CHROMA_URL", None)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    done = python(home, "-c", script)
 
     assert done.stderr.strip().splitlines()[-1] == "exit=0 heavy=[]", done.stderr[-2000:]
     assert json.loads(done.stdout)[0]["mechanism"] == "mla"
