@@ -26,15 +26,33 @@ from __future__ import annotations
 import functools
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from reprodesk.schemas import SANDBOX_NAMES, Job, Limits, UserError
 from sandbox.base import Sandbox
 from sandbox.bwrap import BubblewrapSandbox
-from sandbox.container import DockerSandbox
-from sandbox.docker_engine import docker_available
-from sandbox.docker_spec import DEFAULT_IMAGE
+from sandbox.images import DEFAULT_IMAGE
 from sandbox.local import SubprocessSandbox
 from sandbox.worker import WarmWorkerSandbox
+
+if TYPE_CHECKING:
+    from sandbox.container import DockerSandbox
+
+
+def __getattr__(name: str) -> Any:
+    # docker-py (and requests under it) cost a quarter second to import: only on use.
+    if name == "DockerSandbox":
+        from sandbox.container import DockerSandbox
+
+        return DockerSandbox
+    raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+
+
+def docker_available(image: str = DEFAULT_IMAGE) -> tuple[bool, str]:
+    from sandbox.docker_engine import docker_available as available
+
+    return available(image)
+
 
 __all__ = [
     "BubblewrapSandbox",
@@ -95,10 +113,11 @@ def make_sandbox(name: str, work_root: Path, *, image: str = DEFAULT_IMAGE) -> S
     with the process.
     "docker" raises a UserError saying why when the engine or the image is missing.
     """
-    if name == "docker":
-        return DockerSandbox(work_root, image=image)
-    if name == "auto" and docker_available(image)[0]:
-        return DockerSandbox(work_root, image=image)
+    if name in ("docker", "auto"):
+        from sandbox.container import DockerSandbox
+
+        if name == "docker" or docker_available(image)[0]:
+            return DockerSandbox(work_root, image=image)
     if name == "subprocess":
         return SubprocessSandbox(work_root)
     if name in ("auto", "bwrap", "bwrap-warm"):

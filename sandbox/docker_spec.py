@@ -18,9 +18,9 @@ from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from reprodesk.schemas import Job
 from sandbox.base import JOB_UID, PYTHON_NAMES, job_env
+from sandbox.images import DEFAULT_IMAGE
 from sandbox.meter import file_size_bytes, tmpfs_bytes
 
-DEFAULT_IMAGE = "reprodesk-sandbox:latest"
 """What `reprodesk sandbox build` and docker compose tag; scripts/docker-engine.sh builds :test."""
 IMAGE_PYTHON = "/opt/venv/bin/python"
 """The image's interpreter (see the Dockerfile): what a job's `python` means."""

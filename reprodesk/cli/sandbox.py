@@ -20,7 +20,7 @@ from rich.text import Text
 
 from reprodesk.schemas import SANDBOX_NAMES, Job, Limits, RunResult, UserError
 from reprodesk.settings import load_settings
-from sandbox.docker_spec import DEFAULT_IMAGE
+from sandbox.images import DEFAULT_IMAGE
 from sandbox.local import UNISOLATED_WARNING
 
 BACKENDS = SANDBOX_NAMES
