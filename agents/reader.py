@@ -14,7 +14,7 @@ import structlog
 
 from agents.deps import Deps
 from reprodesk.plan import Plan
-from reprodesk.schemas import Outcome
+from reprodesk.schemas import Outcome, UserError
 from reprodesk.state import RunState
 
 
@@ -43,12 +43,32 @@ def unsupported_message(plan: Plan, mode: str) -> str:
     )
 
 
+def surface_prior_runs(deps: Deps, plan: Plan, run_id: str) -> None:
+    """Name, per mechanism, the earlier runs the findings memory holds measurements of.
+
+    The memory is read, never written, here; a memory that cannot be read is a note in
+    the plan, not a failed run.
+    """
+    from memory import prior_findings
+
+    try:
+        store = deps.open_store()
+        for m in plan.mechanisms:
+            found = prior_findings(store, m.key, exclude_run=run_id)
+            m.prior_runs = sorted({f.run_id for f in found if f.run_id})
+    except UserError as exc:
+        plan.notes.append(
+            f"the findings memory could not be read, so prior runs are not listed: {exc}"
+        )
+
+
 def make_reader(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
     policy = deps.policies
 
     def reader(state: RunState) -> dict[str, Any]:
         log = structlog.get_logger(__name__).bind(run_id=state.run_id, agent="reader")
         found, plan = policy.read(state.paper, state.restrict)
+        surface_prior_runs(deps, plan, state.run_id)
         log.info(
             "reader.done",
             mechanisms=[(m.key, m.role, m.selected) for m in plan.mechanisms],

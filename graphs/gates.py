@@ -44,6 +44,8 @@ def _plan_summary(plan: Plan, at: str) -> dict[str, Any]:
                 for r in m.scale_down
             }
             entry["estimated_s"] = round(m.estimated_s, 1)
+            if m.prior_runs:
+                entry["measured before in"] = m.prior_runs
         mechanisms.append(entry)
     return {
         "mechanisms": mechanisms,

@@ -9,7 +9,8 @@ the home), with:
 - a sandbox that refuses every job — a job the original run did not finish cannot run;
 - the gates answered with the decisions the original run recorded (an edited plan or
   edited code included);
-- no findings store: a replay stores nothing.
+- a findings store that stores nothing and reads back only the prior runs the original
+  Reader saw, so the replayed Plan is the recorded one.
 
 The write-up it produces is compared byte for byte with the published one. With LLM
 policies the recorded model responses would be served the same way; offline policies
@@ -27,7 +28,7 @@ from langgraph.types import Command
 
 from agents.deps import Deps
 from graphs.graph import build_graph, open_checkpointer
-from reprodesk.schemas import Job, RunResult, UserError
+from reprodesk.schemas import Finding, Job, RunResult, UserError
 from reprodesk.state import RunState
 from sandbox.ledger import Ledger
 
@@ -65,9 +66,34 @@ class RefusingSandbox:
         )
 
 
-class _NoStore:
+class _RecordedStore:
+    """Stores nothing; reads back only what the original Reader saw (its prior runs)."""
+
+    def __init__(self, original: RunState) -> None:
+        self.prior = (
+            {m.key: m.prior_runs for m in original.plan.mechanisms} if original.plan else {}
+        )
+
     def add(self, findings: Any) -> int:
         return len(findings)
+
+    def findings(self, filters: Any = None) -> list[Finding]:
+        mechanism = str(getattr(filters, "mechanism", "") or "")
+        return [
+            Finding(
+                id=f"{run}:{mechanism}",
+                paper="(recorded)",
+                source="(recorded)",
+                mechanism=mechanism,
+                claim="(recorded)",
+                metric="(recorded)",
+                verdict="not checkable",
+                setup="(recorded)",
+                evidence="(recorded)",
+                run_id=run,
+            )
+            for run in self.prior.get(mechanism, [])
+        ]
 
 
 @dataclass
@@ -114,7 +140,7 @@ def replay_offline(runs: Any, run_id: str) -> ReplayResult:
         home=scratch,
         sandbox=RefusingSandbox(),
         ledger=RecordedLedger(runs.deps.ledger),  # type: ignore[arg-type]
-        open_store=_NoStore,  # type: ignore[arg-type]
+        open_store=lambda: _RecordedStore(original),  # type: ignore[arg-type,return-value]
         policies=runs.deps.policies,
     )
     graph = build_graph(deps, open_checkpointer(scratch / "runs.sqlite"))

@@ -102,6 +102,9 @@ class MechanismPlan(BaseModel):
     estimated_s: float = Field(
         default=0.0, description="Estimated sandbox time for the main job and the grid."
     )
+    prior_runs: list[str] = Field(
+        default_factory=list, description="Earlier runs whose findings measured this mechanism."
+    )
 
     @property
     def reproducible(self) -> bool:

@@ -121,14 +121,18 @@ class FakeSandbox:
 
 @dataclass
 class ListStore:
-    """The findings store's write side, in a list (upsert by id, like the real one)."""
+    """The findings store in a list: upsert by id and read back by mechanism, like the real one."""
 
-    findings: dict[str, Finding] = field(default_factory=dict)
+    stored: dict[str, Finding] = field(default_factory=dict)
 
     def add(self, findings: Sequence[Finding]) -> int:
         for f in findings:
-            self.findings[f.id] = f
+            self.stored[f.id] = f
         return len(findings)
 
+    def findings(self, filters: Any = None) -> list[Finding]:
+        mechanism = getattr(filters, "mechanism", None)
+        return [f for f in self.stored.values() if mechanism in (None, f.mechanism)]
+
     def __iter__(self) -> Iterator[Finding]:
-        return iter(self.findings.values())
+        return iter(self.stored.values())

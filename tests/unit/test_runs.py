@@ -330,4 +330,15 @@ def test_a_full_disk_in_publish_is_one_line_and_the_run_resumes_after(
     assert app.runs.status("r1").next == ["publish"]  # resumable at the failed step
     monkeypatch.setattr(graphs.nodes, "_write_json", real)  # space is back
     assert _last(app.runs.resume("r1")).status == "published"
-    assert len(store.findings) == 5
+    assert len(store.stored) == 5
+
+
+def test_the_reader_names_earlier_runs_of_the_same_mechanism(tmp_path: Path) -> None:
+    app, _, store = _app(tmp_path, gates=("plan",))
+    paper = load_paper(str(EXAMPLES / "mla_note.md"))
+    list(app.runs.start(paper, policy=app.policy(auto_approve=True), run_id="first"))
+    assert {f.run_id for f in store} == {"first"}
+    view = _last(app.runs.start(paper, policy=app.policy(), run_id="second"))
+    mla = next(m for m in (view.question or {})["mechanisms"] if m["key"] == "mla")
+    assert mla["measured before in"] == ["first"]
+    assert app.runs.state("second").plan.get("mla").prior_runs == ["first"]  # type: ignore[union-attr]
