@@ -270,7 +270,14 @@ def read(
     from tools.papers import load_paper
 
     settings = load_settings()
-    paper = load_paper(source, cache_dir=settings.home_dir / "cache", refresh=refresh)
+    from tools.papers.fetch import Fetcher
+
+    paper = load_paper(
+        source,
+        cache_dir=settings.home_dir / "cache",
+        refresh=refresh,
+        fetcher=Fetcher(deadline_s=settings.fetch_deadline_s),
+    )
     found = digest(paper)
     if as_json:
         about = paper.model_dump(
@@ -335,12 +342,10 @@ def doctor() -> None:
     except Exception as exc:
         row("docker engine", False, f"not reachable ({type(exc).__name__})")
     if settings.llm_base_url:
-        row(
-            "LLM endpoint",
-            True,
-            f"{settings.llm_base_url} (model {settings.llm_model}); "
-            "this version runs offline agents only",
-        )
+        from agents.llm.doctor import check_endpoint
+
+        ok, detail = check_endpoint(settings)  # one tiny request; which output method works
+        row("LLM endpoint", ok, f"{settings.llm_base_url}: {detail}")
     else:
         row("LLM endpoint", False, "not configured: offline mode (recipe catalog)")
     row("home", True, str(settings.home_dir))
