@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from agents.llm.common import QuoteFinder, cut, fence, render
 from agents.offline import read as offline_read
-from recipes.catalog import CATALOG
+from agents.offline.reader import KNOWN
 from reprodesk.models import LLM, BadOutput, EndpointFailed, human, system
 from reprodesk.plan import MechanismPlan, NotCheckable, Plan, PlanClaim
 from reprodesk.schemas import Digest, Hyperparameter, Paper
@@ -79,7 +79,7 @@ class LLMReader:
         self.fallback = fallback  # the catalog's plan alone when the endpoint fails
 
     def __call__(self, paper: Paper, restrict: Sequence[str]) -> tuple[Digest, Plan]:
-        found, plan = offline_read(paper, [k for k in restrict if k in CATALOG])
+        found, plan = offline_read(paper, [k for k in restrict if k in KNOWN])
         try:
             answer = self._ask(paper)
         except BadOutput as exc:
@@ -111,7 +111,7 @@ def _merge(plan: Plan, answer: ReaderAnswer, quotes: QuoteFinder, restrict: Sequ
     added: list[MechanismPlan] = []
     for m in answer.mechanisms:
         key = _slug(m.key or m.title)
-        if key in CATALOG or key in taken or m.title.lower() in catalog_titles:
+        if key in KNOWN or key in taken or m.title.lower() in catalog_titles:
             continue  # the catalog's entry is deterministic and wins
         taken.add(key)
         added.append(_mechanism(m, key, quotes))

@@ -128,6 +128,7 @@ def test_real_local_model_runs_the_graph_bounded(server: str, tmp_path: Path) ->
     settings = Settings(
         home=tmp_path / "home",
         gates=[],
+        approvals={"code": "auto"},  # the code gate sees each job and approves it, recorded
         llm="llamacpp",
         llm_base_url=server,
         llm_model="smollm2-135m",
@@ -172,6 +173,8 @@ def test_real_local_model_runs_the_graph_bounded(server: str, tmp_path: Path) ->
     state = app.runs.state("real")
     work = state.work["dsr"]
     assert box.launched, f"no code reached the sandbox: {work.gave_up}"
+    code_gate = [d for d in state.decisions if d.gate == "code"]
+    assert len(code_gate) == work.attempts and all(d.by == "auto" for d in code_gate)
     assert all(j.argv[:2] == ["python", "dsr.py"] and "dsr.py" in j.files for j in box.launched)
     assert 1 <= work.attempts <= settings.max_repair_attempts  # the repair loop is bounded
     reproducer = [r for r in records if r["node"] == "reproducer"]
