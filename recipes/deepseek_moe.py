@@ -35,8 +35,17 @@ paper behind DeepSeek-V3, Wang et al., arXiv:2408.15664; over the whole set and 
 sequence), normalised load entropy, experts that get no token, and the tokens
 a capacity factor would drop (counted only: nothing is dropped, as in DeepSeek-V3).
 
-Not covered: attention, depth, scale, expert parallelism and its all-to-all, node-limited
-routing, real text. Small-scale losses carry over as directions at most.
+What DeepSeek-V2/V3 add on top, each a flag: group-limited routing (--groups G
+--topk-groups M: the routed experts split into G groups, as V3's nodes or V2's devices;
+each token first picks the M groups with the highest sum of their best k/M affinities, then
+its top-k inside them; the groups a token reached are counted), the routed-gate scaling
+factor (--route-scale: routed outputs scaled after the gate normalisation), and V3's small
+sequence-wise balance loss next to the bias (--seq-alpha: alpha * sum f_i P_i per sequence,
+added in the bias runs; V3 sets alpha to 0.0001).
+
+Not covered: attention, depth, scale, expert parallelism and its all-to-all (groups are
+counted, not placed on devices), real text. Small-scale losses carry over as directions at
+most.
 
     python recipes/deepseek_moe.py                  # about 4 s on 2 CPU cores, import included
     python recipes/deepseek_moe.py --sweep          # alpha and gamma sweeps, ~2x longer
@@ -138,6 +147,10 @@ class Config:
     bias_gamma: tuple[float, ...] = (0.001,)
     sweep: bool = False
     capacity_factor: float = 1.25
+    groups: int = 1  # routed experts split into G groups (V3: nodes; V2: devices)
+    topk_groups: int = 0  # M: a token's experts come from at most M groups; 0 = no limit
+    route_scale: float = 1.0  # routed-gate scaling factor, after gate normalisation
+    seq_alpha: float = 0.0  # V3's sequence-wise balance loss weight, in the bias runs
     log_every: int = 10
     device: str = "cpu"
     threads: int = 1  # CPU intra-op threads; 0 = torch's default
@@ -264,11 +277,26 @@ class MoE(nn.Module):
     """S shared experts (fused into one SwiGLU of width S*h) plus E routed SwiGLU experts."""
 
     bias: Tensor
+    group_of: Tensor
 
-    def __init__(self, d: int, lay: Layout, score: str):
+    def __init__(
+        self,
+        d: int,
+        lay: Layout,
+        score: str,
+        groups: int = 1,
+        topk_groups: int = 0,
+        route_scale: float = 1.0,
+    ):
         super().__init__()
         E, h = lay.n_routed, lay.d_hidden
         self.k, self.score = lay.k_routed, score
+        self.route_scale = route_scale
+        # Group g holds experts [g*E//G, (g+1)*E//G): sizes differ by one at most, so every
+        # architecture can be grouped (31 routed experts in 4 groups: 7, 8, 8, 8).
+        self.groups = max(1, min(groups, E))
+        self.topk_groups = topk_groups if 0 < topk_groups < self.groups else 0
+        self.register_buffer("group_of", torch.arange(E) * self.groups // E, persistent=False)
         self.router = nn.Linear(d, E, bias=False)  # rows are the centroids e_i
         # Routed expert e is w_gate[:, e], w_up[:, e] (d, h) and w_down[e] (h, d), laid out
         # so that all experts run as one (T, d) @ (d, E*h) matmul.
@@ -283,11 +311,29 @@ class MoE(nn.Module):
     def route(self, x: Tensor) -> Routing:
         logits = self.router(x)  # (T, E)
         scores = logits.softmax(dim=-1) if self.score == "softmax" else logits.sigmoid()
-        idx = (scores + self.bias).topk(self.k, dim=-1).indices  # (T, k): bias SELECTS only
+        choice = scores + self.bias  # (T, E): the bias SELECTS only
+        if self.topk_groups:
+            # V3's node-limited routing: rank groups by the sum of their best k/M affinities,
+            # keep the top M, and choose the k experts among those groups only.
+            per = max(1, self.k // self.topk_groups)
+            group_score = torch.stack(
+                [
+                    choice[:, self.group_of == g]
+                    .topk(min(per, int((self.group_of == g).sum())), dim=-1)
+                    .values.sum(dim=-1)
+                    for g in range(self.groups)
+                ],
+                dim=-1,
+            )  # (T, G)
+            keep = group_score.topk(self.topk_groups, dim=-1).indices  # (T, M)
+            allowed = torch.zeros_like(group_score, dtype=torch.bool).scatter(1, keep, True)
+            choice = choice.masked_fill(~allowed[:, self.group_of], float("-inf"))
+        idx = choice.topk(self.k, dim=-1).indices  # (T, k)
         s = scores.gather(1, idx)  # (T, k) the unbiased affinities of the selected experts
         if self.score == "softmax":  # DeepSeekMoE and V2 weight by the softmax values as is
-            return Routing(scores, idx, s)
-        return Routing(scores, idx, s / s.sum(dim=-1, keepdim=True))  # V3: normalised
+            return Routing(scores, idx, s * self.route_scale)
+        gates = s / s.sum(dim=-1, keepdim=True)  # V3: normalised over the selected experts
+        return Routing(scores, idx, gates * self.route_scale)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Routing]:
         r = self.route(x)  # x (T, d)
@@ -317,7 +363,7 @@ class TinyLM(nn.Module):
         self.emb = nn.Embedding(cfg.vocab, cfg.d_model)
         self.emb_prev = nn.Embedding(cfg.vocab, cfg.d_model)  # a two-token window
         self.norm_in = nn.RMSNorm(cfg.d_model)
-        self.moe = MoE(cfg.d_model, lay, cfg.score)
+        self.moe = MoE(cfg.d_model, lay, cfg.score, cfg.groups, cfg.topk_groups, cfg.route_scale)
         self.norm_out = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab, bias=False)
 
@@ -379,6 +425,8 @@ def train(cfg: Config, arch: str, mode: str, rate: float, data: Tensor, val: Ten
         logits, r = model(batch)
         loss = F.cross_entropy(logits, batch[:, 2:].flatten())
         total = loss + rate * aux_loss(r, group) if mode == "aux_loss" else loss
+        if mode == "bias" and cfg.seq_alpha:  # V3: a tiny sequence-wise term next to the bias
+            total = total + cfg.seq_alpha * aux_loss(r, cfg.seq_len)
         opt.zero_grad()
         total.backward()
         opt.step()
@@ -436,6 +484,16 @@ def evaluate(cfg: Config, model: TinyLM, lay: Layout, val: Tensor) -> dict[str, 
         "tokens": n * L,
         "load_sum": int(loads.sum().item()),
         "loads": loads.tolist(),
+        "groups": model.moe.groups,
+        "topk_groups": model.moe.topk_groups,
+        # the most groups any token's experts came from: <= topk_groups when limited
+        "max_groups_per_token": int(
+            torch.zeros(r.idx.shape[0], model.moe.groups, device=val.device)
+            .scatter(1, model.moe.group_of[r.idx], 1.0)
+            .sum(dim=1)
+            .max()
+            .item()
+        ),
     }
 
 
@@ -633,6 +691,15 @@ def config_error(cfg: Config) -> str | None:
         return f"--arch: choose from {','.join(ARCHS)}, got {','.join(cfg.arch) or 'nothing'}"
     if not cfg.balance or set(cfg.balance) - set(BALANCE):
         return f"--balance: choose from {','.join(BALANCE)}, got {','.join(cfg.balance)}"
+    if cfg.groups < 1 or cfg.topk_groups < 0 or cfg.topk_groups > cfg.groups:
+        return (
+            f"--groups/--topk-groups: need groups >= 1 and 0 <= topk-groups <= groups, got "
+            f"{cfg.groups}/{cfg.topk_groups}"
+        )
+    if not (cfg.route_scale > 0 and math.isfinite(cfg.route_scale)) or not (
+        cfg.seq_alpha >= 0 and math.isfinite(cfg.seq_alpha)
+    ):
+        return f"--route-scale/--seq-alpha: got {cfg.route_scale}/{cfg.seq_alpha}"
     if cfg.top_k > cfg.n_experts:
         return f"--top-k: {cfg.top_k} exceeds --n-experts {cfg.n_experts}"
     if cfg.d_expert % cfg.granularity:
@@ -735,6 +802,20 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path | None]:
         "overflow is counted as dropped, not dropped (default 1.25)",
     )
     add("--log-every", type=int, help="training steps per point on the curves (default 10)")
+    add("--groups", type=int, help="routed experts split into G groups, V3's nodes (default 1)")
+    add(
+        "--topk-groups",
+        type=int,
+        help="M: each token's experts come from at most M groups, chosen by the sum of "
+        "their best k/M affinities (DeepSeek-V3's node-limited routing; default 0: no limit)",
+    )
+    add("--route-scale", type=float, help="routed-gate scaling factor (default 1.0)")
+    add(
+        "--seq-alpha",
+        type=float,
+        help="weight of DeepSeek-V3's sequence-wise balance loss in the bias runs "
+        "(V3: 0.0001; default 0: the bias alone)",
+    )
     p.add_common(
         PRESETS,
         preset="none; 4070 = 12 GB GPU: N 16, K 2, m 4, S 1 (DeepSeekMoE 2B's expert layout), "

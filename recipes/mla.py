@@ -3,9 +3,21 @@
 For each variant we build a stack of attention layers (attention plus residual, no MLP),
 prefill a prompt of seeded random embeddings, then decode one token at a time against a
 KV cache. The cache size is read from the tensors the layers hold; decode latency is timed
-per step. MLA runs in two forms that must agree: naive (per-head keys and values rebuilt
-from the cached latent at every step) and absorbed (W_UK folded into the query, W_UV into
-the output, attention computed directly against the latent), which is the form we time.
+per step. MLA applies the RMSNorm DeepSeek-V2 places after the compressed latent (V2
+report, p.12) and runs in three forms that must agree, each timed and labelled:
+
+- absorbed: W_UK folded into the query, W_UV into the output, attention computed directly
+  against the cached latent (the inference form; its cache is the one the claims count);
+- cached_kv: the naive baseline the paper compares against, per-head keys and values
+  decompressed once per token and cached (an MHA-sized cache plus the RoPE key);
+- recompute: per-head keys and values rebuilt from the cached latent at every step.
+
+Timing: warm-up steps untimed, repeats with the variants interleaved, threads pinned,
+device synchronised around each step on a GPU; every timed step is reported
+(`decode_ms_samples`) beside its median and spread. torch.profiler records one decode
+loop of the absorbed MLA (top operators by self time, and a Chrome trace written to
+--out); peak RSS (and CUDA max allocated) is reported. Each variant also reports the
+attention arithmetic and the cache bytes one decode step reads, which explain a ranking.
 
 Not covered: training, model quality, serving systems (paged caches, continuous batching,
 fused kernels). Latencies are eager PyTorch on this machine and do not transfer.
@@ -20,7 +32,10 @@ in a sandbox without the project. The last stdout line is one JSON object with e
 from __future__ import annotations
 
 import math
+import resource
+import shutil
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,22 +178,38 @@ class MLAttention(nn.Module):
         d = cfg.n_heads * cfg.d_head
         self.h, self.dh, self.dc, self.dr = cfg.n_heads, cfg.d_head, cfg.d_c, cfg.d_rope
         self.scale = 1.0 / math.sqrt(cfg.d_head + cfg.d_rope)  # q.k spans d_head + d_rope
-        self.absorbed = False
+        self.form = "recompute"  # absorbed | cached_kv | recompute, see the module docstring
         # No query compression (d_c'): it changes neither the cache nor the absorption.
         self.wq = nn.Linear(d, d, bias=False)  # per-head no-RoPE query
         self.wqr = nn.Linear(d, cfg.n_heads * cfg.d_rope, bias=False)  # per-head RoPE query
         self.w_dkv = nn.Linear(d, cfg.d_c, bias=False)  # h -> c_kv
+        # DeepSeek-V2 (p.12) adds RMSNorm after the compressed latent; it sits before the
+        # cache, so every form reads the same normalised c_kv and absorption still holds.
+        self.kv_norm = nn.RMSNorm(cfg.d_c, eps=1e-6)
         self.w_kr = nn.Linear(d, cfg.d_rope, bias=False)  # h -> shared RoPE key
         self.w_uk = nn.Linear(cfg.d_c, d, bias=False)  # c_kv -> per-head keys
         self.w_uv = nn.Linear(cfg.d_c, d, bias=False)  # c_kv -> per-head values
         self.wo = nn.Linear(d, d, bias=False)
 
+    @property
+    def absorbed(self) -> bool:
+        """The absorbed form (True) or the recompute form (False); see `form`."""
+        return self.form == "absorbed"
+
+    @absorbed.setter
+    def absorbed(self, value: bool) -> None:
+        self.form = "absorbed" if value else "recompute"
+
     def new_cache(self, batch: int, max_len: int) -> dict[str, Tensor]:
         w = self.w_dkv.weight
-        return {
+        cache = {
             "c_kv": w.new_zeros(batch, max_len, self.dc),
             "k_rope": w.new_zeros(batch, max_len, self.dr),
         }
+        if self.form == "cached_kv":  # the baseline: decompressed per-head K and V
+            cache["k"] = w.new_zeros(batch, self.h, max_len, self.dh)
+            cache["v"] = w.new_zeros(batch, self.h, max_len, self.dh)
+        return cache
 
     def forward(self, x: Tensor, cache: dict[str, Tensor], start: int, cos: Tensor, sin: Tensor):
         B, T, _ = x.shape
@@ -188,12 +219,12 @@ class MLAttention(nn.Module):
         # RoPE cannot sit on keys rebuilt from c_kv: a position-dependent rotation between
         # W_UK and the query would stop W_UK being folded into the query. Hence the
         # separate rotary key, computed from h and shared by all heads.
-        cache["c_kv"][:, start : start + T] = self.w_dkv(x)  # (B, T, dc)
+        cache["c_kv"][:, start : start + T] = self.kv_norm(self.w_dkv(x))  # (B, T, dc)
         cache["k_rope"][:, start : start + T] = apply_rope(self.w_kr(x), cos, sin)  # (B, T, dr)
         c = cache["c_kv"][:, : start + T].unsqueeze(1)  # (B, 1, S, dc)
         k_rope = cache["k_rope"][:, : start + T].unsqueeze(1)  # (B, 1, S, dr)
         rope_scores = q_rope @ k_rope.transpose(-1, -2)  # (B, H, T, S)
-        if self.absorbed:
+        if self.form == "absorbed":
             # q_h.(W_UK_h c) = (W_UK_h^T q_h).c: move W_UK onto the query, score the latent.
             q_lat = torch.einsum("bhtd,hdc->bhtc", q, self.w_uk.weight.view(H, dh, dc))
             scores = (q_lat @ c.transpose(-1, -2) + rope_scores) * self.scale  # (B, H, T, S)
@@ -202,8 +233,16 @@ class MLAttention(nn.Module):
             # to W_O. Applied per head rather than pre-multiplied into W_O, which would be
             # H*d_c wide, larger than the two steps when d_c > d_head.
             o = torch.einsum("bhtc,hdc->bhtd", o_lat, self.w_uv.weight.view(H, dh, dc))
+        elif self.form == "cached_kv":
+            # Decompress only the new tokens' latents, once, into per-head K and V caches.
+            c_new = cache["c_kv"][:, start : start + T]  # (B, T, dc)
+            cache["k"][:, :, start : start + T] = self.w_uk(c_new).view(B, T, H, dh).transpose(1, 2)
+            cache["v"][:, :, start : start + T] = self.w_uv(c_new).view(B, T, H, dh).transpose(1, 2)
+            k, v = cache["k"][:, :, : start + T], cache["v"][:, :, : start + T]  # (B, H, S, dh)
+            scores = (q @ k.transpose(-1, -2) + rope_scores) * self.scale  # (B, H, T, S)
+            o = causal_softmax(scores, start) @ v  # (B, H, T, dh)
         else:
-            S = start + T  # naive: rebuild every head's keys and values at every step
+            S = start + T  # recompute: rebuild every head's keys and values at every step
             k = self.w_uk(c.squeeze(1)).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
             v = self.w_uv(c.squeeze(1)).view(B, S, H, dh).transpose(1, 2)  # (B, H, S, dh)
             scores = (q @ k.transpose(-1, -2) + rope_scores) * self.scale  # (B, H, T, S)
@@ -280,12 +319,73 @@ def cache_per_token(caches: list[dict[str, Tensor]], n_seq_tokens: int) -> dict[
     }
 
 
-def timing(ms: list[float]) -> dict[str, float]:
+def timing(ms: list[float]) -> dict[str, Any]:
+    """Median, spread and every sample of the timed decode steps (warm-up excluded)."""
+    q = statistics.quantiles(ms, n=4) if len(ms) > 1 else [ms[0]] * 3
     return {
         "decode_ms_mean": statistics.fmean(ms),
         "decode_ms_std": statistics.stdev(ms) if len(ms) > 1 else 0.0,
         "decode_ms_median": statistics.median(ms),
+        "decode_ms_iqr": q[2] - q[0],
+        "decode_ms_samples": list(ms),
     }
+
+
+def step_work(cfg: Config, variant: str, form: str, context: int) -> dict[str, float]:
+    """FLOPs of attention (scores and weighted values) and cache bytes read by one decode
+    step at `context` cached tokens, all layers and the batch: what explains a ranking.
+
+    MHA/GQA/MQA score and weight per-head keys of d_h; absorbed MLA scores every head
+    against the latent (d_c) plus the RoPE key (d_h^R) and weights the latent (d_c);
+    cached_kv and recompute attend like MHA over decompressed keys (recompute also
+    rebuilds them: 2 up-projections of the whole context per step).
+    """
+    H, dh, dc, dr = cfg.n_heads, cfg.d_head, cfg.d_c, cfg.d_rope
+    el = DTYPES[cfg.dtype].itemsize
+    n_kv = {"mha": H, "gqa": cfg.gqa_groups, "mqa": 1}
+    S, LB = context, cfg.n_layers * cfg.batch
+    if variant in n_kv:
+        flops = 2 * H * S * (2 * dh)
+        read = 2 * n_kv[variant] * dh * S * el
+    elif form == "absorbed":
+        flops = 2 * H * S * (2 * dc + dr)
+        read = (dc + dr) * S * el
+    else:
+        flops = 2 * H * S * (2 * dh + dr)
+        read = (2 * H * dh + dr) * S * el if form == "cached_kv" else (dc + dr) * S * el
+        if form == "recompute":
+            flops += 2 * S * dc * (2 * H * dh)
+    return {"attn_flops_per_step": float(flops * LB), "cache_read_bytes_per_step": float(read * LB)}
+
+
+def set_form(model: Stack, form: str) -> None:
+    for layer in model.attn():
+        if isinstance(layer, MLAttention):
+            layer.form = form
+
+
+def top_ops(model: Stack, prompt: Tensor, tokens: Tensor, cuda: bool, trace_dir: Path):
+    """torch.profiler over one decode loop: the top operators by self time, and a trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        decode(model, prompt, tokens, sync=cuda)
+    trace = trace_dir / "trace-mla.json"
+    prof.export_chrome_trace(str(trace))
+    events = list(prof.key_averages())
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    ranked = sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:8]
+    return [
+        {
+            "name": e.key,
+            "self_ms": getattr(e, attr) / 1e3,
+            "calls": e.count,
+            "share": getattr(e, attr) / total,
+        }
+        for e in ranked
+    ], trace
 
 
 def randn(cfg: Config, n_tokens: int, seed: int) -> Tensor:
@@ -294,16 +394,19 @@ def randn(cfg: Config, n_tokens: int, seed: int) -> Tensor:
     return torch.randn(cfg.batch, n_tokens, d, generator=g).to(cfg.device)  # (B, T, d) fp32
 
 
-def absorbed_vs_naive(model: Stack, prompt: Tensor, tokens: Tensor) -> tuple[float, float]:
-    """Max abs and relative difference between the two MLA forms, in float32."""
-    outs = []
-    for absorbed in (False, True):
-        for layer in model.attn():
-            if isinstance(layer, MLAttention):
-                layer.absorbed = absorbed
-        outs.append(decode(model, prompt, tokens, sync=False)[0])
-    diff = (outs[0] - outs[1]).abs().max().item()
-    return diff, diff / outs[0].abs().max().item()
+def forms_agree(model: Stack, prompt: Tensor, tokens: Tensor) -> dict[str, float]:
+    """Max abs (and relative) difference of the recompute and cached_kv forms from the
+    absorbed one, in float32: the three forms compute the same attention."""
+    outs = {}
+    for form in ("absorbed", "recompute", "cached_kv"):
+        set_form(model, form)
+        outs[form] = decode(model, prompt, tokens, sync=False)[0]
+    scale = outs["absorbed"].abs().max().item()
+    out = {}
+    for form in ("recompute", "cached_kv"):
+        diff = (outs[form] - outs["absorbed"]).abs().max().item()
+        out[f"{form}_max_abs_diff"], out[f"{form}_max_rel_diff"] = diff, diff / scale
+    return out
 
 
 def estimate_bytes(cfg: Config) -> int:
@@ -327,6 +430,13 @@ def run(cfg: Config) -> dict[str, Any]:
     return harness.run(cfg, config_error(cfg), measure)
 
 
+FORMS = {
+    "absorbed": "W_UK folded into the query, W_UV into the output; attention over the latent",
+    "cached_kv": "the paper's baseline: per-head K and V decompressed once and cached",
+    "recompute": "per-head K and V rebuilt from the cached latent at every step",
+}
+
+
 def measure(cfg: Config, t_start: float) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     cuda = cfg.device == "cuda"
@@ -341,28 +451,50 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
     with torch.device(cfg.device):  # seeded init, built in fp32, in a fixed order
         models = {v: Stack(cfg, v).eval() for v in VARIANTS}
     with torch.inference_mode():
-        diff, rel = absorbed_vs_naive(models["mla"], prompt, tokens)  # fp32, before the cast
+        agree = forms_agree(models["mla"], prompt, tokens)  # fp32, before the cast
+        diff = agree["recompute_max_abs_diff"]
         models = {v: m.to(dtype) for v, m in models.items()}
         prompt, tokens = prompt.to(dtype), tokens.to(dtype)
 
-        # Interleave variants within each repeat so drift (clocks, caches) hits all alike.
-        ms: dict[str, list[float]] = {v: [] for v in (*VARIANTS, "mla_naive")}
+        # Interleave variants within each repeat so drift (clocks, caches) hits all alike;
+        # the first `warmup` steps of every repeat are untimed.
+        runs = [*VARIANTS, "mla_cached_kv", "mla_recompute"]
+        ms: dict[str, list[float]] = {v: [] for v in runs}
         caches: dict[str, list[dict[str, Tensor]]] = {}
         for _ in range(cfg.repeats):
-            for v in (*VARIANTS, "mla_naive"):
-                model = models["mla" if v == "mla_naive" else v]
-                for layer in model.attn():
-                    if isinstance(layer, MLAttention):
-                        layer.absorbed = v == "mla"  # absorbed is the inference form
+            for v in runs:
+                model = models[v.split("_")[0]]
+                set_form(model, v.split("_", 1)[1] if "_" in v else "absorbed")
                 _, caches[v], step_ms = decode(model, prompt, tokens, sync=cuda)
                 ms[v] += step_ms[cfg.warmup :]
+        set_form(models["mla"], "absorbed")  # the inference form from here on
 
         variants: dict[str, dict] = {}
         for v in VARIANTS:
-            variants[v] = {**cache_per_token(caches[v], cfg.batch * n_tokens), **timing(ms[v])}
+            form = "absorbed" if v == "mla" else "timed"
+            variants[v] = {
+                **cache_per_token(caches[v], cfg.batch * n_tokens),
+                **timing(ms[v]),
+                **step_work(cfg, v, form, n_tokens),
+            }
         variants["gqa"]["groups"] = cfg.gqa_groups
-        variants["mla"]["decode_form"] = "absorbed"
-        variants["mla"]["naive_decode_ms_mean"] = statistics.fmean(ms["mla_naive"])
+        mla = variants["mla"]
+        mla["decode_form"] = "absorbed"
+        mla["forms"] = dict(FORMS)
+        for form in ("cached_kv", "recompute"):
+            t = timing(ms[f"mla_{form}"])
+            mla[f"{form}_decode_ms_mean"] = t["decode_ms_mean"]
+            mla[f"{form}_decode_ms_median"] = t["decode_ms_median"]
+            mla[f"{form}_decode_ms_samples"] = t["decode_ms_samples"]
+            mla[f"{form}_cache_bytes_per_token"] = cache_per_token(
+                caches[f"mla_{form}"], cfg.batch * n_tokens
+            )["cache_bytes_per_token"]
+            mla[f"{form}_attn_flops_per_step"] = step_work(cfg, "mla", form, n_tokens)[
+                "attn_flops_per_step"
+            ]
+
+        trace_dir = Path(tempfile.mkdtemp(prefix="mla-trace-"))
+        ops, trace = top_ops(models["mla"], prompt, tokens[:, : cfg.warmup + 4], cuda, trace_dir)
 
         grid = []
         for S in cfg.seq_lens:
@@ -370,10 +502,12 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
             new = randn(cfg, cfg.warmup + cfg.grid_steps, cfg.seed + 1).to(dtype)
             for v in VARIANTS:
                 step_ms = decode(models[v], ctx, new, sync=cuda)[2]
-                t = timing(step_ms[cfg.warmup :])  # decode_ms_mean, _std, _median
-                grid.append({"variant": v, "seq_len": S, **t})
+                t = timing(step_ms[cfg.warmup :])  # decode_ms_mean, _std, _median, ...
+                form = "absorbed" if v == "mla" else "timed"
+                grid.append({"variant": v, "seq_len": S, **t, **step_work(cfg, v, form, S)})
 
-    mla, mha = variants["mla"], variants["mha"]
+    per_layer = mla["cache_elems_per_token_per_layer"]
+    mha = variants["mha"]
     if dc == 4 * dh and 2 * dr == dh:  # the paper's setting
         groups, groups_text = 2.25, ""
     else:
@@ -382,7 +516,6 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
             "MLA's cache equals GQA with (d_c + d_h^R) / (2 d_h) groups; not the paper's "
             f"setting here (d_c={dc}, d_h^R={dr}, d_h={dh}), so not 2.25"
         )
-    per_layer = mla["cache_elems_per_token_per_layer"]
     mha_ratio = mla["cache_elems_per_token"] / mha["cache_elems_per_token"]
     claims = [
         harness.claim(CLAIMS, "mla_cache_formula", (dc + dr) * L, mla["cache_elems_per_token"]),
@@ -392,15 +525,30 @@ def measure(cfg: Config, t_start: float) -> dict[str, Any]:
         harness.claim(CLAIMS, "mla_vs_mha_cache_ratio", (dc + dr) / (2 * H * dh), mha_ratio),
         harness.claim(CLAIMS, "mla_absorbed_equals_naive", 0.0, diff),
     ]
+    # The formula of each cache claim over the recipe's arguments: the Writer evaluates it
+    # at the paper's stated values when the paper does not print the result itself.
+    claims[1]["formula"] = "(d_c + d_rope) / (2 * d_head)"
+    claims[2]["formula"] = "(d_c + d_rope) / (2 * n_heads * d_head)"
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {
         **harness.header("mla", cfg),
         "variants": variants,
         "absorbed_max_abs_diff": diff,
-        "absorbed_max_rel_diff": rel,
+        "absorbed_max_rel_diff": agree["recompute_max_rel_diff"],
+        **{k: v for k, v in agree.items() if k.startswith("cached_kv")},
         "claims": claims,
         "grid": grid,
+        "profile": {
+            "variant": "mla",
+            "form": "absorbed",
+            "steps": cfg.warmup + 4,
+            "top_ops": ops,
+            "trace": trace.name,
+            "_trace_path": str(trace),  # moved into --out by main(); never in metrics.json
+        },
         "mem": {
             "estimated_gb": estimate_bytes(cfg) / 2**30,
+            "rss_peak_mb": rss_kb / 1024,
             "cuda_peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         },
         "wall_s": time.perf_counter() - t_start,
@@ -492,6 +640,13 @@ def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
     harness.preflight(__file__, config_error(cfg), out)
     metrics = run(cfg)
+    trace = Path(metrics["profile"].pop("_trace_path"))
+    if out is not None:  # the Chrome trace goes beside metrics.json, as an artifact
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(trace), out / trace.name)
+    else:
+        metrics["profile"]["trace"] = None
+    shutil.rmtree(trace.parent, ignore_errors=True)
     print(f"{'variant':8} {'elems/tok':>10} {'bytes/tok':>10} {'per layer':>10} {'decode ms':>16}")
     for v, m in metrics["variants"].items():
         t = f"{m['decode_ms_mean']:.3f}+-{m['decode_ms_std']:.3f}"
@@ -499,7 +654,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{v:8} {m['cache_elems_per_token']:>10} {m['cache_bytes_per_token']:>10} "
             f"{m['cache_elems_per_token_per_layer']:>10g} {t:>16}"
         )
-    print(f"mla naive form: {metrics['variants']['mla']['naive_decode_ms_mean']:.3f} ms/step")
+    for form in ("cached_kv", "recompute"):
+        ms = metrics["variants"]["mla"][f"{form}_decode_ms_mean"]
+        print(f"mla {form} form: {ms:.3f} ms/step")
+    for op in metrics["profile"]["top_ops"][:5]:
+        print(f"profile {op['name']:32} {op['self_ms']:8.3f} ms self {op['calls']:6d} calls")
     for g in metrics["grid"]:
         print(f"grid {g['variant']:4} seq_len {g['seq_len']:>6}: {g['decode_ms_mean']:.3f} ms/step")
     harness.report(metrics, out)

@@ -31,6 +31,7 @@ _MAX_FINE = 32  # fine-grained experts at most: the recipe's CPU default, 9 runs
 _WIDTH = 256  # total expert width N * d_expert, the CPU default's
 _D_MODEL = 16
 _MAX_M = 8  # finer than 8 leaves fine-grained experts a few units wide at this width
+_GROUPS = 4  # expert groups when the paper limits the nodes a token reaches
 _ALPHA_RANGE = (0.001, 0.1)  # where an aux loss does something in 100 steps, and no harm
 _GAMMA_MAX = 0.01  # beyond it the sign update overshoots at this scale
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -76,6 +77,15 @@ def scale(stated: Stated) -> Scaled:
     alpha, alpha_note = paper["aux_alpha"], "kept"
     if not _ALPHA_RANGE[0] <= alpha <= _ALPHA_RANGE[1]:
         alpha, alpha_note = 0.01, "outside 0.001..0.1, where 100 steps feel it: 0.01"
+    # DeepSeek-V3's node-limited routing: experts on G nodes, a token's on at most M. Ours
+    # groups the routed experts in _GROUPS and keeps M/G; applied only when both are stated.
+    groups, topk_groups, group_note = 1, 0, "not applied: the paper states no node limit"
+    if "max_nodes" in stated and "n_nodes" in stated:
+        M, G = stated["max_nodes"][0], stated["n_nodes"][0]
+        if 0 < M < G:
+            groups, topk_groups = _GROUPS, max(1, round(_GROUPS * M / G))
+            group_note = "M/G kept" if topk_groups / groups == M / G else "M/G rounded"
+    seq_alpha = stated["seq_alpha"][0] if "seq_alpha" in stated else 0.0
     gamma, gamma_note = paper["bias_gamma"], "kept"
     if not 0 < gamma <= _GAMMA_MAX:
         gamma, gamma_note = 0.001, "outside (0, 0.01]: DeepSeek-V3's 0.001"
@@ -89,6 +99,9 @@ def scale(stated: Stated) -> Scaled:
         "d_expert": d_expert,
         "aux_alpha": alpha,
         "bias_gamma": gamma,
+        "groups": groups,
+        "topk_groups": topk_groups,
+        "seq_alpha": seq_alpha,
         "steps": 100,
         "batch": 16,
         "seq_len": 32,
@@ -123,6 +136,35 @@ def scale(stated: Stated) -> Scaled:
         Row("bias_gamma", f"bias update speed gamma ({gamma_note})", paper["bias_gamma"],
             gamma, source["bias_gamma"]),
     ]  # fmt: skip
+    if "max_nodes" in stated or "n_nodes" in stated:
+        rows.append(
+            Row(
+                "topk_groups",
+                f"node-limited routing: groups a token may reach ({group_note})",
+                stated.get("max_nodes", (None, ""))[0],
+                topk_groups,
+                "; ".join(stated[n][1] for n in ("max_nodes", "n_nodes") if n in stated),
+            )
+        )
+        rows.append(
+            Row(
+                "groups",
+                "expert groups (the paper's nodes)",
+                stated.get("n_nodes", (None, ""))[0],
+                groups,
+                stated["n_nodes"][1] if "n_nodes" in stated else "not stated",
+            )
+        )
+    if "seq_alpha" in stated:
+        rows.append(
+            Row(
+                "seq_alpha",
+                "sequence-wise balance loss weight next to the bias (kept)",
+                stated["seq_alpha"][0],
+                seq_alpha,
+                stated["seq_alpha"][1],
+            )
+        )
     return Scaled(
         args,
         rows,
@@ -170,6 +212,27 @@ RECIPE = Recipe(
         Signature(r"mixture-of-experts|\bmoe\b", 0.5),
     ),
     hyperparameters=(
+        HyperparameterSpec(
+            "max_nodes",
+            "nodes a token's routed experts may sit on (node-limited routing, M)",
+            (
+                r"(?:sent|dispatched) to at most (\d+) nodes",
+                r"node-limited routing,.{0,40}at most (\d+) nodes",
+            ),
+        ),
+        HyperparameterSpec(
+            "n_nodes",
+            "nodes the routed experts of a layer are deployed on",
+            (
+                r"gpus belonging to (\d+) nodes",
+                r"expert parallelism \(ep\).{0,40}spanning (\d+) nodes",
+            ),
+        ),
+        HyperparameterSpec(
+            "seq_alpha",
+            "weight of the sequence-wise balance loss kept next to the bias",
+            (r"for the (?:sequence-wise )?balance loss,? we set (?:α|alpha)" + SET,),
+        ),
         HyperparameterSpec(
             "n_routed",
             "routed experts per MoE layer",

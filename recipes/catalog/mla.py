@@ -95,15 +95,17 @@ RECIPE = Recipe(
     table=(
         ("cache_elems_per_token", "cache elements / token"),
         ("cache_bytes_per_token", "cache bytes / token"),
-        ("decode_ms_mean", "decode step, ms"),
-        ("decode_ms_std", "± std, ms"),
+        ("decode_ms_median", "decode step, median ms"),
+        ("decode_ms_iqr", "IQR, ms"),
+        ("decode_ms_std", "std, ms"),
+        ("attn_flops_per_step", "attention FLOPs / step"),
     ),
     grid_figure=GridFigure(
         x="seq_len",
-        y="decode_ms_mean",
+        y="decode_ms_median",
         xlabel="context length (tokens)",
-        ylabel="ms per decode step",
-        title="Decode step latency vs context length (CPU, small scale, mean of seeds)",
+        ylabel="median ms per decode step",
+        title="Decode step latency vs context length (CPU, small scale, mean of seed medians)",
     ),
     profile={
         f"grid-seed{seed}": {"seq_lens": "64,256,512", "repeats": 5, "steps": 8, "seed": seed}

@@ -40,7 +40,7 @@ def test_the_writeup_explains_the_latency_it_measured(run: tuple[Path, Path]) ->
     metrics = json.loads((folder / "results" / item["source"]["job"] / "metrics.json").read_text())
     assert item["display"] == ranking.group(2)
     assert metrics["variants"][fastest]["decode_ms_median"] == pytest.approx(item["value"])
-    assert "naive form" in shows and "Along the grid" in shows
+    assert "recompute form" in shows and "cached_kv form" in shows and "Along the grid" in shows
     gotchas = md.split("### Gotchas", 1)[1].split("\n## ", 1)[0]
     assert "From this run:" in gotchas
 

@@ -89,7 +89,8 @@ def test_the_note_targets_deepseek_moe_with_every_hyperparameter_on_its_page() -
         (
             DEEPSEEK_V3,
             {"n_routed": 256, "n_shared": 1, "n_activated": 8, "d_expert_hidden": 2048,
-             "d_model": 7168, "aux_alpha": 0.0001, "bias_gamma": 0.001},
+             "d_model": 7168, "aux_alpha": 0.0001, "bias_gamma": 0.001, "max_nodes": 4,
+             "seq_alpha": 0.0001},
         ),
         (
             DEEPSEEKMOE_16B,
