@@ -180,7 +180,8 @@ def scale(stated: Stated) -> Scaled:
             "model quality: a one-block model on synthetic Markov chains, 100 steps",
             "MaxVio magnitudes: they grow with the number of experts and shrink with the batch",
             "the activated share of all experts, capped here at the CPU's 32 experts",
-            "expert-parallel effects: all-to-all traffic, node-limited routing, stragglers",
+            "expert-parallel effects: all-to-all traffic and stragglers (node-limited routing "
+            "is modelled as expert groups a token may reach, not as devices)",
         ],
     )
 
