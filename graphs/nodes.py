@@ -159,6 +159,11 @@ def make_publish(deps: Deps) -> Callable[[RunState], dict[str, Any]]:
                     )
                 }
             (staging / "writeup.md").write_text(markdown, encoding="utf-8")
+            if "zh" in state.policy.langs:  # the same numbers, from templates (tools/zh.py)
+                from tools.zh import translate
+
+                zh = translate(markdown)
+                (staging / "writeup.zh.md").write_text(zh, encoding="utf-8")
             if state.critique is not None:
                 verdict = "approve" if state.critique.approved else "revise"
                 _write_json(

@@ -46,9 +46,10 @@ class App:
     runs: Any  # graphs.runs.Runs
     _closers: list[Any] = field(default_factory=list)
 
-    def policy(self, *, auto_approve: bool = False) -> Policy:
+    def policy(self, *, auto_approve: bool = False, langs: list[str] | None = None) -> Policy:
         s = self.settings
         return Policy(
+            langs=langs or ["en"],
             gates=list(s.gates),
             approvals={str(k): str(v) for k, v in s.approvals.items()},
             auto_approve=auto_approve,

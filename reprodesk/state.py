@@ -91,6 +91,9 @@ class Policy(BaseModel):
 
     max_repair_attempts: int = 3
     max_critic_rounds: int = 2
+    langs: list[str] = Field(
+        default_factory=lambda: ["en"], description="Write-up languages: en, and zh too."
+    )
 
 
 class RunState(BaseModel):

@@ -209,6 +209,12 @@ def run(
         ),
     ] = None,
     refresh: Annotated[bool, typer.Option("--refresh", help="Fetch URLs again.")] = False,
+    lang: Annotated[
+        str,
+        typer.Option(
+            "--lang", help="en, or en,zh to publish writeup.zh.md too (the same numbers)."
+        ),
+    ] = "en",
 ) -> None:
     """Reproduce a paper: read, plan, run code in the sandbox, measure, write, review, publish.
 
@@ -224,6 +230,9 @@ def run(
         raise UserError(f"--fallback '{fallback}': expected offline or none")
     if sandbox is not None and sandbox not in SANDBOX_NAMES:
         raise UserError(f"--sandbox '{sandbox}': expected one of {', '.join(SANDBOX_NAMES)}")
+    langs = [x.strip() for x in lang.split(",") if x.strip()]
+    if not langs or any(x not in ("en", "zh") for x in langs):
+        raise UserError(f"--lang {lang}: give en, zh or en,zh")
     settings = _settings(
         llm=llm,
         sandbox=sandbox,
@@ -248,7 +257,7 @@ def run(
     say(f"run {run_id} on {paper.kind} '{paper.title}'")
     events = app_.runs.start(
         paper,
-        policy=app_.policy(auto_approve=auto_approve),
+        policy=app_.policy(auto_approve=auto_approve, langs=langs),
         run_id=run_id,
         restrict=mechanism or [],
     )

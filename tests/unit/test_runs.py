@@ -342,3 +342,17 @@ def test_the_reader_names_earlier_runs_of_the_same_mechanism(tmp_path: Path) -> 
     mla = next(m for m in (view.question or {})["mechanisms"] if m["key"] == "mla")
     assert mla["measured before in"] == ["first"]
     assert app.runs.state("second").plan.get("mla").prior_runs == ["first"]  # type: ignore[union-attr]
+
+
+def test_lang_zh_publishes_a_chinese_writeup_with_the_same_numbers(tmp_path: Path) -> None:
+    from tools.evidence import numbers_in
+
+    app, _, _ = _app(tmp_path)
+    paper = load_paper(str(EXAMPLES / "mla_note.md"))
+    view = _last(app.runs.start(paper, policy=app.policy(langs=["en", "zh"]), run_id="r1"))
+    assert view.status == "published"
+    folder = tmp_path / "home" / "runs" / "r1"
+    en = (folder / "writeup.md").read_text()
+    zh = (folder / "writeup.zh.md").read_text()
+    assert zh != en and "实测" in zh
+    assert sorted(numbers_in(zh)) == sorted(numbers_in(en))
