@@ -362,13 +362,25 @@ def runs(
         for view in app_.runs.views():
             print(view.model_dump_json(exclude={"question"}))
         return
-    table = Table("run id", "status", "mechanisms", "source")
+    table = Table("run id", "status", "mechanisms", "tokens", "source")
     for view in app_.runs.views():
         status = view.status
         if view.not_reproduced:
             status += f" ({len(view.not_reproduced)} contribution(s) not reproduced)"
-        table.add_row(view.run_id, status, ", ".join(view.mechanisms), Text(view.source))
+        table.add_row(
+            view.run_id, status, ", ".join(view.mechanisms), _tokens(view.usage), Text(view.source)
+        )
     out.print(table)
+
+
+def _tokens(usage: dict[str, Any], node: str | None = None) -> str:
+    """Model tokens spent (in + out) and cost, from the run's recorded usage; '' offline."""
+    u = (usage.get("nodes") or {}).get(node, {}) if node else usage
+    spent = int(u.get("input_tokens", 0)) + int(u.get("output_tokens", 0))
+    if not spent:
+        return ""
+    cost = float(u.get("cost", 0.0) or 0.0)
+    return f"{spent}" + (f" (${cost:.4f})" if cost else "")
 
 
 @app.command()
@@ -424,7 +436,8 @@ def replay(
         for s in steps:
             print(s.model_dump_json())
         return
-    table = Table("step", "ran", "s", "jobs", "result")
+    usage = app_.runs.status(run_id).usage
+    table = Table("step", "ran", "s", "jobs", "tokens", "result")
     for s in steps:
         ran = ", ".join(s.ran) or "(input)"
         seconds = "" if s.seconds is None else f"{s.seconds:.1f}"
@@ -433,7 +446,8 @@ def replay(
             if s.jobs or s.reused
             else ""
         )
-        table.add_row(str(s.step), ran, seconds, jobs, Text(s.summary))
+        tokens = ", ".join(t for t in (_tokens(usage, n) for n in s.ran) if t)
+        table.add_row(str(s.step), ran, seconds, jobs, tokens, Text(s.summary))
     out.print(table)
 
 

@@ -356,3 +356,23 @@ def test_lang_zh_publishes_a_chinese_writeup_with_the_same_numbers(tmp_path: Pat
     zh = (folder / "writeup.zh.md").read_text()
     assert zh != en and "实测" in zh
     assert sorted(numbers_in(zh)) == sorted(numbers_in(en))
+
+
+def test_runs_and_replay_show_the_recorded_model_usage(tmp_path: Path) -> None:
+    from reprodesk.cli.app import _tokens
+
+    app, _, _ = _app(tmp_path)
+    _start(app, "mla_note.md")
+    assert _tokens(app.runs.status("r1").usage) == ""  # offline: nothing spent
+    usage = {
+        "requests": 2,
+        "input_tokens": 1000,
+        "output_tokens": 100,
+        "cost": 0.0021,
+        "nodes": {"reader": {"requests": 2, "input_tokens": 1000, "output_tokens": 100}},
+    }
+    folder = tmp_path / "home" / "llm" / "r1"
+    folder.mkdir(parents=True)
+    (folder / "usage.json").write_text(json.dumps(usage))
+    view = app.runs.status("r1")
+    assert _tokens(view.usage) == "1100 ($0.0021)" and _tokens(view.usage, "reader") == "1100"
