@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 # The real `chroma run` fixture of the memory tests: the health check is tried on it.
-from tests.integration.test_memory import Server, chroma_server
+from tests.integration.test_memory_server import Server, chroma_server
 
 __all__ = ["chroma_server"]  # a fixture: imported to be found by pytest, not called
 
