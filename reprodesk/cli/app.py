@@ -362,14 +362,15 @@ def runs(
         for view in app_.runs.views():
             print(view.model_dump_json(exclude={"question"}))
         return
-    table = Table("run id", "status", "mechanisms", "tokens", "source")
-    for view in app_.runs.views():
+    views = app_.runs.views()
+    spent = any(_tokens(view.usage) for view in views)  # no column of blanks for offline runs
+    table = Table("run id", "status", "mechanisms", *(["tokens"] if spent else []), "source")
+    for view in views:
         status = view.status
         if view.not_reproduced:
             status += f" ({len(view.not_reproduced)} contribution(s) not reproduced)"
-        table.add_row(
-            view.run_id, status, ", ".join(view.mechanisms), _tokens(view.usage), Text(view.source)
-        )
+        tokens = [_tokens(view.usage)] if spent else []
+        table.add_row(view.run_id, status, ", ".join(view.mechanisms), *tokens, Text(view.source))
     out.print(table)
 
 
@@ -437,7 +438,8 @@ def replay(
             print(s.model_dump_json())
         return
     usage = app_.runs.status(run_id).usage
-    table = Table("step", "ran", "s", "jobs", "tokens", "result")
+    spent = any(_tokens(usage, n) for s in steps for n in s.ran)
+    table = Table("step", "ran", "s", "jobs", *(["tokens"] if spent else []), "result")
     for s in steps:
         ran = ", ".join(s.ran) or "(input)"
         seconds = "" if s.seconds is None else f"{s.seconds:.1f}"
@@ -446,8 +448,8 @@ def replay(
             if s.jobs or s.reused
             else ""
         )
-        tokens = ", ".join(t for t in (_tokens(usage, n) for n in s.ran) if t)
-        table.add_row(str(s.step), ran, seconds, jobs, tokens, Text(s.summary))
+        tokens = [", ".join(t for t in (_tokens(usage, n) for n in s.ran) if t)] if spent else []
+        table.add_row(str(s.step), ran, seconds, jobs, *tokens, Text(s.summary))
     out.print(table)
 
 
