@@ -21,12 +21,18 @@ Opening is lazy: :meth:`FindingStore.open` checks its arguments (and a server's 
 but imports chromadb and loads the model only when a call needs them; reading an
 embedded store that was never written returns nothing and creates nothing.
 
+Reads of an embedded store answer from ``memory.snapshot``, an exact copy that every
+write through this class keeps beside Chroma, so a search never imports chromadb (1-2 s
+of a one-shot CLI search otherwise). When the snapshot is missing or in doubt (a writer
+died), reads go to Chroma and rebuild it. A Chroma server is always read through Chroma.
+
 What this module does not do: it does not create findings (the Writer does), it does not
 judge them, and it does not lock an embedded directory against a second process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
@@ -34,12 +40,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
-from urllib.parse import urlsplit
 
 import structlog
 
+from memory import snapshot
 from memory.embedding import EMBEDDING_ID
 from memory.records import Filters, SearchHit, _finding, _metadata, newest_first
+from memory.server import _heartbeat, _parse_url, _retrying, _settings
 from reprodesk.schemas import Finding, UserError
 
 if TYPE_CHECKING:
@@ -57,18 +64,10 @@ A change to the embedding pipeline (model, pooling, truncation) takes a new name
 LEGACY_COLLECTIONS = ("findings",)
 """Collections of earlier versions (sentence-transformers embeddings), migrated on open."""
 
-HEARTBEAT = "/api/v2/heartbeat"
-
 T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 
-# A few quick tries: enough to ride over a server that is still binding its port or a
-# dropped keep-alive connection, short enough that a wrong URL fails in about a second.
-_ATTEMPTS = 3
-_WAIT_MULTIPLIER_S = 0.1
-_WAIT_MAX_S = 1.0
-_HTTP_TIMEOUT_S = 5.0
 _PAGE = 5000  # findings fetched per get() when listing; bounds one response's size
 
 
@@ -82,62 +81,6 @@ def default_path() -> Path:
     return home / "memory"
 
 
-def _settings() -> Any:
-    from chromadb.config import Settings
-
-    # Telemetry off: reprodesk runs offline, and findings are nobody else's business.
-    return Settings(anonymized_telemetry=False)
-
-
-def _retrying() -> Any:
-    import httpx
-    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-    return Retrying(
-        retry=retry_if_exception_type(httpx.TransportError),
-        stop=stop_after_attempt(_ATTEMPTS),
-        wait=wait_exponential(multiplier=_WAIT_MULTIPLIER_S, max=_WAIT_MAX_S),
-        reraise=False,
-    )
-
-
-def _parse_url(url: str) -> tuple[str, int, bool]:
-    """``http(s)://host[:port]`` -> (host, port, ssl). A path, query or user is refused."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as err:
-        raise UserError(f"bad Chroma server URL {url!r}: {err}") from err
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"bad Chroma server URL {url!r}: expected http://HOST:PORT")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise UserError(f"bad Chroma server URL {url!r}: expected http://HOST:PORT, no path")
-    ssl = parts.scheme == "https"
-    return parts.hostname, port if port is not None else (443 if ssl else 80), ssl
-
-
-def _heartbeat(url: str) -> None:
-    """Raise a UserError naming ``url`` unless a server answers its heartbeat.
-
-    chromadb's own constructor turns a refused connection into a bare ValueError with no
-    URL in it; probing the heartbeat first lets us retry on the typed httpx error and
-    name the URL in the message.
-    """
-    import httpx
-    from tenacity import RetryError
-
-    try:
-        for attempt in _retrying():
-            with attempt:
-                httpx.get(url.rstrip("/") + HEARTBEAT, timeout=_HTTP_TIMEOUT_S).raise_for_status()
-    except RetryError as err:
-        cause = err.last_attempt.exception()
-        raise UserError(f"cannot reach the Chroma server at {url}: {cause}") from cause
-    except httpx.HTTPError as err:
-        # HTTPStatusError: something answered but it is not a Chroma server (or a broken one).
-        raise UserError(f"cannot reach the Chroma server at {url}: {err}") from err
-
-
 class FindingStore:
     """Findings in one Chroma collection, upserted by id and searched by meaning.
 
@@ -146,13 +89,18 @@ class FindingStore:
     client releases its SQLite file before another store opens the same directory.
     """
 
-    def __init__(self, path: Path | None = None, *, url: str | None = None) -> None:
+    def __init__(
+        self, path: Path | None = None, *, url: str | None = None, read_snapshot: bool = True
+    ) -> None:
         if path is not None and url is not None:
             raise UserError("give the findings store a path or a server URL, not both")
         self.url = url
         self.path: Path | None = None
         self._client: ClientAPI | None = None
         self._collection: Collection | None = None
+        # False: every read goes through Chroma (the tests compare the two paths).
+        self._read_snapshot = read_snapshot and url is None
+        self._snap: snapshot.Snapshot | None = None
         if url is not None:
             _parse_url(url)
             _heartbeat(url)
@@ -185,6 +133,7 @@ class FindingStore:
             close()
         self._client = None
         self._collection = None
+        self._snap = None
 
     def __repr__(self) -> str:
         where = self.url if self.url is not None else str(self.path)
@@ -225,18 +174,22 @@ class FindingStore:
         collection = self._open(create=True)
         assert collection is not None
         step = self._call(self._client_api().get_max_batch_size)
-        for start in range(0, len(findings), step):
-            chunk = findings[start : start + step]
-            upsert = functools.partial(
-                collection.upsert,
-                ids=[finding.id for finding in chunk],
-                embeddings=vectors[start : start + step],
-                # No documents: the finding is in its metadata, and Chroma would keep a
-                # full-text index of them we never query (ingest measured 1.2-1.7x faster
-                # without, by bench/memory.py's fill).
-                metadatas=[_metadata(finding) for finding in chunk],
-            )
-            self._call(upsert)
+        with self._writing() as written:
+            for start in range(0, len(findings), step):
+                chunk = findings[start : start + step]
+                ids = [finding.id for finding in chunk]
+                metadatas = [_metadata(finding) for finding in chunk]
+                upsert = functools.partial(
+                    collection.upsert,
+                    ids=ids,
+                    embeddings=vectors[start : start + step],
+                    # No documents: the finding is in its metadata, and Chroma would keep
+                    # a full-text index of them we never query (ingest measured 1.2-1.7x
+                    # faster without, by bench/memory.py's fill).
+                    metadatas=cast(Any, metadatas),
+                )
+                self._call(upsert)
+                written.upserted(ids, vectors[start : start + step], metadatas)
 
     def delete_run(self, run_id: str) -> int:
         """Delete every finding of one run; returns how many there were."""
@@ -247,17 +200,30 @@ class FindingStore:
             return 0
         ids = self._call(lambda: collection.get(where={"run_id": run_id}, include=[]))["ids"]
         if ids:
-            self._call(lambda: collection.delete(ids=ids))
+            with self._writing() as written:
+                self._call(lambda: collection.delete(ids=ids))
+                written.deleted(ids)
         return len(ids)
 
     # ------------------------------------------------------------------ reads
 
     def count(self) -> int:
+        snap = self._snapshot()
+        if snap is not None:
+            return snap.count
         collection = self._open(create=False)
-        return 0 if collection is None else self._call(collection.count)
+        if collection is None:
+            return 0
+        count = self._call(collection.count)
+        self._repair_snapshot()
+        return count
 
     def get(self, finding_id: str) -> Finding | None:
         """The finding with this id, or None when the store has none."""
+        snap = self._snapshot()
+        if snap is not None:
+            row = snap.row_of(finding_id)
+            return None if row is None else Finding.model_validate_json(snap.documents([row])[0])
         collection = self._open(create=False)
         if collection is None:
             return None
@@ -273,9 +239,15 @@ class FindingStore:
         Chroma has no order, so all matches are fetched (in pages) and sorted here;
         ``limit`` cuts the sorted list.
         """
-        where = (filters or Filters()).where()
+        filters = filters or Filters()
+        where = filters.where()
         if limit is not None and limit < 1:
             raise UserError(f"limit must be at least 1, got {limit}")
+        snap = self._snapshot()
+        if snap is not None:
+            docs = snap.documents(snap.rows(snap.mask(filters)))
+            ordered = newest_first([Finding.model_validate_json(doc) for doc in docs])
+            return ordered if limit is None else ordered[:limit]
         collection = self._open(create=False)
         if collection is None:
             return []
@@ -296,6 +268,7 @@ class FindingStore:
             if len(metadatas) < _PAGE:
                 break
             offset += _PAGE
+        self._repair_snapshot()
         ordered = newest_first(found)
         return ordered if limit is None else ordered[:limit]
 
@@ -323,12 +296,26 @@ class FindingStore:
             mechanism=mechanism, verdict=verdict, paper=paper, since=since, until=until
         )
         where = filters.where()
+        snap = self._snapshot()
+        if snap is not None:
+            keep = snap.mask(filters)
+            if not snap.count or (keep is not None and not keep.any()):
+                return []  # nothing to rank: no need to load the model
+            from memory.embedding import minilm
+
+            nearest = snap.nearest(minilm().query(query), k, keep)
+            docs = snap.documents([row for row, _ in nearest])
+            return [
+                SearchHit(finding=Finding.model_validate_json(doc), distance=distance)
+                for doc, (_, distance) in zip(docs, nearest, strict=True)
+            ]
         collection = self._open(create=False)
         if collection is None:
             return []
         from memory.embedding import minilm
 
         vector = minilm().query(query)
+        self._repair_snapshot()
         result = self._call(
             lambda: collection.query(
                 query_embeddings=vector[None, :],
@@ -343,6 +330,64 @@ class FindingStore:
             SearchHit(finding=_finding(metadata), distance=float(distance))
             for metadata, distance in zip(metadatas, distances, strict=True)
         ]
+
+    # ------------------------------------------------------------------ snapshot
+
+    def _snapshot(self) -> snapshot.Snapshot | None:
+        """The embedded store's read-side snapshot, reloaded when a write replaced it;
+        None for a server, a store never written, or one whose snapshot is in doubt."""
+        if not self._read_snapshot or self.path is None:
+            return None
+        gen = snapshot.current_gen(self.path)
+        if gen is None:
+            self._snap = None
+        elif self._snap is None or self._snap.gen != gen:
+            self._snap = snapshot.load(self.path, embedding=EMBEDDING_ID, collection=COLLECTION)
+        return self._snap
+
+    def _writing(self) -> contextlib.AbstractContextManager[snapshot.Writer]:
+        """Around one Chroma write: keeps an embedded store's snapshot in step."""
+        if self.url is not None or self.path is None:
+            return contextlib.nullcontext(snapshot.Writer())
+        return snapshot.writing(
+            self.path, embedding=EMBEDDING_ID, collection=COLLECTION, fetch=self._everything
+        )
+
+    def _repair_snapshot(self) -> None:
+        """After a read that went to Chroma: rebuild a missing or abandoned snapshot, so
+        the next read is fast again (skipped while a writer holds it)."""
+        if self._read_snapshot and self.path is not None and self._collection is not None:
+            snapshot.rebuild_if_abandoned(
+                self.path, embedding=EMBEDDING_ID, collection=COLLECTION, fetch=self._everything
+            )
+
+    def _everything(self) -> tuple[list[str], NDArray[np.float32], list[Any]]:
+        """Every id, vector and metadata in the collection, in pages, for a rebuild."""
+        import numpy as np
+
+        collection = self._open(create=False)
+        ids: list[str] = []
+        vectors: list[Any] = []
+        metadatas: list[Any] = []
+        offset = 0
+        while collection is not None:
+            page = self._call(
+                functools.partial(
+                    collection.get,
+                    include=["embeddings", "metadatas"],
+                    limit=_PAGE,
+                    offset=offset,
+                )
+            )
+            ids.extend(page["ids"])
+            if len(page["ids"]):
+                vectors.append(np.asarray(page["embeddings"], dtype=np.float32))
+            metadatas.extend(page["metadatas"] or [])
+            if len(page["ids"]) < _PAGE:
+                break
+            offset += _PAGE
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32)
+        return ids, matrix, metadatas
 
     # ------------------------------------------------------------------ plumbing
 

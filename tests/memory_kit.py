@@ -9,7 +9,7 @@ from pathlib import Path
 # package whose __init__ never runs; the submodule import works either way.
 from reprodesk.schemas import Finding
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository root
 
 LOCALHOST = "127.0.0.1"
 

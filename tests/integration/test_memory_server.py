@@ -49,7 +49,7 @@ def test_unreachable_server_is_a_user_error_naming_the_url() -> None:
 
 def test_a_server_that_drops_every_connection_is_tried_a_bounded_number_of_times() -> None:
     """Retries are bounded: a fixed number of tries, then one clear error."""
-    from memory.store import _ATTEMPTS
+    from memory.server import _ATTEMPTS
 
     listener = socket.socket()
     listener.bind((LOCALHOST, 0))
