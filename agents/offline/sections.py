@@ -308,7 +308,15 @@ class MechanismSection:
             if m.role == "introduces"
             else "a mechanism this paper builds on; its results are not this paper's"
         )
-        lines = [f"## {m.title}", "", f"*{role}.*", "", "### The mechanism", ""]
+        lines = [f"## {m.title}", "", f"*{role}.*", ""]
+        if m.prior_runs:  # what the findings memory already holds; cited, never reused
+            runs = ", ".join(f"`{run}`" for run in m.prior_runs)
+            lines += [
+                f"*Measured before in runs {runs} (findings memory: `reprodesk findings list "
+                f"--mechanism {m.key}`); no number of theirs is used here.*",
+                "",
+            ]
+        lines += ["### The mechanism", ""]
         if m.summary:
             lines += [self.planned("summary", m.summary), ""]
         for q in m.quotes[:2]:

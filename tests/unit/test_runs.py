@@ -338,10 +338,20 @@ def test_the_reader_names_earlier_runs_of_the_same_mechanism(tmp_path: Path) -> 
     paper = load_paper(str(EXAMPLES / "mla_note.md"))
     list(app.runs.start(paper, policy=app.policy(auto_approve=True), run_id="first"))
     assert {f.run_id for f in store} == {"first"}
-    view = _last(app.runs.start(paper, policy=app.policy(), run_id="second"))
+    view = _last(app.runs.start(paper, policy=app.policy(langs=["en", "zh"]), run_id="second"))
     mla = next(m for m in (view.question or {})["mechanisms"] if m["key"] == "mla")
     assert mla["measured before in"] == ["first"]
     assert app.runs.state("second").plan.get("mla").prior_runs == ["first"]  # type: ignore[union-attr]
+    # The Writer cites them, in both languages, and the write-up still verifies.
+    final = _last(app.runs.resume("second", approve=True))
+    assert final.status == "published", final
+    folder = tmp_path / "home" / "runs" / "second"
+    assert (
+        "*Measured before in runs `first` (findings memory:" in (folder / "writeup.md").read_text()
+    )
+    assert "此前已测量该机制的运行： `first` （发现记忆：" in (folder / "writeup.zh.md").read_text()
+    first = (tmp_path / "home" / "runs" / "first" / "writeup.md").read_text()
+    assert "Measured before" not in first  # nothing earlier: nothing cited
 
 
 def test_lang_zh_publishes_a_chinese_writeup_with_the_same_numbers(tmp_path: Path) -> None:
