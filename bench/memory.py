@@ -8,9 +8,12 @@
   `python -c "import chromadb"` and `reprodesk --help` (the CLI's own imports).
 - search_ms: `FindingStore.search(query, k=5)` in one process, query embedding
   included, p50 and p95 over --queries different queries (each asked once, so no cache
-  helps), at each store size.
-- publish: `FindingStore.add` of the first 1k findings (real embedding + upsert), in
-  findings/s; and Chroma's own upsert rate of vectors already made (the 10k and 100k fill).
+  helps), at each store size. That is the embedded store's read path: the exact numpy
+  snapshot (memory/snapshot.py). search_ms_chroma: the same queries through Chroma's
+  HNSW index (``read_snapshot=False``), the path of a server-mode store.
+- publish: `FindingStore.add` of the first 1k findings (real embedding + upsert + the
+  snapshot), in findings/s; and the upsert rate of vectors already made (the 10k and 100k
+  fill, in batches of 5000: Chroma's upsert plus rewriting the snapshot each batch).
 - embedding: the numpy encoder's query latency and document throughput, and (with
   --compare, the default) sentence-transformers' on the same texts and its import time.
 
@@ -358,6 +361,7 @@ def main() -> None:
             store.add(first[:50])  # re-publishing updates, never duplicates
             report["publish"]["republish_same_ids_count_after"] = store.count()
             report["search_ms"] = {}
+            report["search_ms_chroma"] = {}
             report["cli_search"] = {}
             have = REAL
             upsert_s, upserted = 0.0, 0
@@ -373,14 +377,21 @@ def main() -> None:
                 have = size
                 assert store.count() == size
                 report["search_ms"][str(size)] = search_ms(store, queries)
+                # The same queries through Chroma's own index (HNSW), as a server-mode
+                # store or a store whose snapshot is being rebuilt is read.
+                assert store.path is not None
+                with FindingStore(store.path, read_snapshot=False) as chroma:
+                    report["search_ms_chroma"][str(size)] = search_ms(chroma, queries)
                 if size in (sizes[0], sizes[-1]):
                     store.close()  # the CLI process opens the directory itself
                     report["cli_search"][str(size)] = cli_search(home, args.cli_repeats)
             if upserted:
                 report["publish"]["upsert_embedded_per_s"] = round(upserted / upsert_s, 1)
         report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-        report["store_mb"] = round(
-            sum(p.stat().st_size for p in (home / "memory").rglob("*") if p.is_file()) / 2**20
+        files = [p for p in (home / "memory").rglob("*") if p.is_file()]
+        report["store_mb"] = round(sum(p.stat().st_size for p in files) / 2**20)
+        report["snapshot_mb"] = round(
+            sum(p.stat().st_size for p in files if p.parent.name == "snapshot") / 2**20
         )
     finally:
         if args.keep is None:
