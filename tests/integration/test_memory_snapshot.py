@@ -238,3 +238,18 @@ def test_a_search_in_a_new_process_never_imports_chromadb(store: FindingStore) -
     assert json.loads(lines[-1]) == []
     hits = json.loads("\n".join(lines[:-1]))
     assert hits[0]["id"] == MLA.id
+
+
+def test_deleting_every_finding_leaves_an_empty_snapshot_that_answers_nothing(
+    tmp_path: Path,
+) -> None:
+    with FindingStore.open(tmp_path / "memory") as store:
+        store.add([MLA, MOE])
+        assert store.delete_run("run-a") == 1
+        assert store.delete_run("run-b") == 1
+        assert snapshot.current_gen(tmp_path / "memory") is not None
+        assert store.count() == 0
+        assert store.search("KV cache per token") == []
+        assert store.findings() == []
+        store.add([MLA])  # and grows again from empty
+        assert store.search("KV cache per token", k=3)[0].finding == MLA
