@@ -220,6 +220,19 @@ class RunResult(BaseModel):
 Verdict = Literal["reproduced", "partial", "not reproduced", "not checkable"]
 
 
+Reference = Literal[
+    "paper",
+    "derived from the paper",
+    "expected by construction",
+    "measured baseline",
+    "recipe expectation",
+    "none",
+]
+"""What a finding's verdict compared the measurement against: the paper's own value (stated,
+or derived from its stated values), or, when the paper gives none, a check of the code
+(by construction), the run's own baseline, or the recipe's expectation at small scale."""
+
+
 class Finding(BaseModel):
     """One measured statement about a paper's claim. What the memory stores."""
 
@@ -229,10 +242,21 @@ class Finding(BaseModel):
     mechanism: str
     claim: str = Field(description="The claim in words.")
     metric: str
-    paper_value: float | None = None
+    paper_value: float | None = Field(
+        default=None, description="The paper's value: stated in its text, or derived from it."
+    )
     measured_value: float | None = None
     unit: str = ""
     verdict: Verdict
+    reference: Reference | Literal[""] = Field(
+        default="",
+        description="What the verdict compared against ('' in findings of earlier versions).",
+    )
+    expected_value: float | None = Field(
+        default=None,
+        description="The value compared against when it is not the paper's (construction, "
+        "baseline, the recipe's expectation at small scale).",
+    )
     setup: str = Field(description="Hardware and scale the measurement ran at.")
     evidence: str = Field(description="run id, job key and metric path behind the number.")
     gotchas: list[str] = Field(default_factory=list)
@@ -241,10 +265,15 @@ class Finding(BaseModel):
 
     def document(self) -> str:
         """The text that gets embedded for search."""
+        against = (
+            f"paper {self.paper_value} {self.unit}"
+            if self.expected_value is None
+            else f"{self.reference} {self.expected_value} {self.unit}"
+        )
         parts = [
             f"{self.mechanism}: {self.claim}",
             f"metric {self.metric}: measured {self.measured_value} {self.unit}, "
-            f"paper {self.paper_value} {self.unit}, verdict {self.verdict}",
+            f"{against}, verdict {self.verdict}",
             f"paper: {self.paper}",
             f"setup: {self.setup}",
         ]

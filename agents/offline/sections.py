@@ -23,11 +23,12 @@ from agents.offline.cells import (
     written_as,
 )
 from agents.offline.profile_notes import where_time_goes
+from agents.offline.records import claim_finding, unchecked_finding
 
 __all__ = ["Context", "MechanismSection", "cell", "is_number", "metric_at", "stated_in"]
 from reprodesk.plan import MechanismPlan, PlanClaim
 from reprodesk.results import ClaimResult, RecipeResult
-from reprodesk.schemas import Figure, Finding, Hyperparameter, Quote
+from reprodesk.schemas import Figure, Finding, Hyperparameter, Quote, Reference
 from reprodesk.state import JobRecord, MechanismRun
 from tools.evidence import EvidenceBook
 
@@ -65,6 +66,8 @@ class MechanismSection:
         self.claims_by_id: dict[str, PlanClaim] = {c.id: c for c in mech.claims}
         self.rows = Rows()
         self.analysis = Findings()
+        # claim id -> what its paper cell cited (kind, the paper's value), for its finding
+        self.cited: dict[str, tuple[Reference, float | None]] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -97,18 +100,23 @@ class MechanismSection:
             path = f"claims.{i}.measured_value"
             measured = self.measured(f"{claim.id}.measured", path, claim.unit)
             verdict = f"**{claim.verdict}**"
+            label: Reference = "paper"
+            cited: float | None = None  # the paper's value, when the row shows one
             if claim.reference == "baseline":  # a value this run measured, not cited
                 base = self.measured(f"{claim.id}.baseline", f"claims.{i}.paper_value", claim.unit)
                 reference = (
                     f"{base} | measured baseline: job `{self.main.key}`, `claims.{i}.paper_value`"
                 )
+                label = "measured baseline"
                 if kind != "implementation":
                     verdict += " (against the run's own baseline; the paper states no value)"
             elif kind == "implementation":
                 reference = f"{self._expected(claim, 'by construction')} | expected by construction"
+                label = "expected by construction"
             else:
                 reference, compared = self._paper_cell(claim, plan_claim)
                 verdict += compared
+                label, cited = self.cited.pop(claim.id, ("recipe expectation", None))
             spread = self._spread(claim.id, claim.unit, spread_runs)
             text = cell(
                 self.ctx.book.text_numbers(f"{claim.id}.text", claim.claim, job=self.main.key)
@@ -120,24 +128,7 @@ class MechanismSection:
             else:
                 self.rows.paper.append(row)
                 self.rows.paper_claims.append(claim)
-            self.ctx.findings.append(
-                Finding(
-                    id=f"{self.ctx.run_id}:{claim.id}",
-                    paper=self.ctx.paper_title,
-                    source=self.ctx.source,
-                    mechanism=self.mech.key,
-                    claim=claim.claim,
-                    metric=claim.metric or claim.id,
-                    paper_value=claim.paper_value,
-                    measured_value=claim.measured_value,
-                    unit=claim.unit,
-                    verdict=claim.verdict,
-                    setup=self.setup,
-                    evidence=f"run {self.ctx.run_id}, job {self.main.key}, metric {path}",
-                    gotchas=list(self.mech.gotchas[:2]),
-                    run_id=self.ctx.run_id,
-                )
-            )
+            self.ctx.findings.append(claim_finding(self, claim, path, label, cited))
         self.rows.paper += self._not_checkable_rows()
         return self.rows
 
@@ -160,6 +151,7 @@ class MechanismSection:
         match = stated_in(quote, claim.paper_value) if quote else None
         if quote is not None and match is not None:
             as_written, value = match
+            self.cited[claim.id] = ("paper", value)
             shown = self.ctx.book.paper(f"{claim.id}.paper", value, claim.unit, quote, as_written)
             shown_quote = cell(excerpt(quote.text, as_written))
             self.ctx.book.paper_quote(
@@ -232,6 +224,7 @@ class MechanismSection:
             formula=f"{formula} with the paper's stated values",
             percent=claim.unit == "ratio",
         )
+        self.cited[claim.id] = ("derived from the paper", value)
         note = ""
         if abs(value - claim.paper_value) > 1e-9 * max(1.0, abs(value)):
             ours = self._expected(claim, "at our scale")
@@ -271,21 +264,7 @@ class MechanismSection:
                 f"| {text} ({self.ctx.at}{quote.page}) | as stated | paper, "
                 f"{self.ctx.at}{quote.page} | — | — | **not checkable**: {why} |"
             )
-            self.ctx.findings.append(
-                Finding(
-                    id=f"{self.ctx.run_id}:{key}",
-                    paper=self.ctx.paper_title,
-                    source=self.ctx.source,
-                    mechanism=self.mech.key,
-                    claim=quote.text,
-                    metric="none",
-                    verdict="not checkable",
-                    setup=self.setup,
-                    evidence=f"paper {self.ctx.at}{quote.page}; reason: {item.why}",
-                    gotchas=[item.why],
-                    run_id=self.ctx.run_id,
-                )
-            )
+            self.ctx.findings.append(unchecked_finding(self, key, quote, item.why))
         return rows
 
     # ------------------------------------------------------------------ text

@@ -86,8 +86,21 @@ def _what(f: Finding) -> Text:
     return text
 
 
+_AGAINST = {  # what the second line of a finding's numbers calls its reference
+    "expected by construction": "by construction",
+    "measured baseline": "baseline",
+    "recipe expectation": "expected",
+}
+
+
 def _numbers(f: Finding) -> Text:
-    return Text(f"{_value(f.measured_value, f.unit)}\npaper {_value(f.paper_value, f.unit)}")
+    """Measured, then what it was judged against: the paper's value, or, when the paper
+    gives none, the check's own reference, never shown as the paper's."""
+    measured = _value(f.measured_value, f.unit)
+    if f.expected_value is not None and f.paper_value is None:
+        label = _AGAINST.get(f.reference, f.reference)
+        return Text(f"{measured}\n{label} {_value(f.expected_value, f.unit)}")
+    return Text(f"{measured}\npaper {_value(f.paper_value, f.unit)}")
 
 
 def _findings_table(first: str, rows: list[tuple[str, Finding]]) -> Table:
@@ -185,6 +198,12 @@ def findings_show(
             grid.add_row(name, Text(str(getattr(f, name))))
         grid.add_row("measured", Text(_value(f.measured_value, f.unit)))
         grid.add_row("paper value", Text(_value(f.paper_value, f.unit)))
+        if f.expected_value is not None:
+            grid.add_row(
+                "judged against", Text(f"{_value(f.expected_value, f.unit)} ({f.reference})")
+            )
+        elif f.reference:
+            grid.add_row("judged against", Text(f.reference))
         for name in ("verdict", "setup", "evidence", "date"):
             grid.add_row(name, Text(str(getattr(f, name))))
         for gotcha in f.gotchas:
@@ -205,6 +224,8 @@ _CSV_FIELDS = [
     "measured_value",
     "unit",
     "verdict",
+    "reference",
+    "expected_value",
     "setup",
     "evidence",
     "gotchas",

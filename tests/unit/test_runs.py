@@ -386,3 +386,21 @@ def test_runs_and_replay_show_the_recorded_model_usage(tmp_path: Path) -> None:
     (folder / "usage.json").write_text(json.dumps(usage))
     view = app.runs.status("r1")
     assert _tokens(view.usage) == "1100 ($0.0021)" and _tokens(view.usage, "reader") == "1100"
+
+
+def test_a_finding_says_what_it_was_judged_against_never_a_check_as_a_paper_value(
+    tmp_path: Path,
+) -> None:
+    app, _, store = _app(tmp_path)
+    assert _start(app, "mla_note.md").status == "published"
+    by_claim = {f.id.split(":", 1)[1]: f for f in store}
+    construction = by_claim["mla_cache_formula"]  # a check of the code
+    assert construction.reference == "expected by construction"
+    assert construction.paper_value is None and construction.expected_value is not None
+    assert "expected by construction" in construction.document()
+    for f in store:
+        assert f.reference, f.id  # every new finding names its reference
+        if f.paper_value is not None:  # a paper value only where the paper gives one
+            assert f.reference in ("paper", "derived from the paper"), f.id
+        if f.verdict == "not checkable":
+            assert f.reference == "none"
